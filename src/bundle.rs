@@ -1,0 +1,248 @@
+//! A deployable bundle: body.onnx, factors.safetensors, tokenizer.json, manifest.json
+//! and, once trained, head.safetensors. [`Bundle::open`] checks every file against the
+//! manifest (size, sha256) and the dimensions of the files against each other before
+//! anything runs; the factor file is memory-mapped and only the rows of the input tokens
+//! are ever read.
+
+use std::path::{Path, PathBuf};
+
+use crate::embed;
+use crate::encode::{BodyBatch, Encoder};
+use crate::error::{Error, Result};
+use crate::format::{self, Factors};
+use crate::fsutil::{drop_page_cache, sha256_file};
+use crate::head::Head;
+use crate::manifest::{Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE};
+use crate::mmap::Mapped;
+use crate::pool;
+use crate::tokenize::Tokenizer;
+
+pub const BODY_FILE: &str = "body.onnx";
+pub const FACTORS_FILE: &str = "factors.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const HEAD_FILE: &str = "head.safetensors";
+
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Threads for tract's matrix products.
+    pub threads: usize,
+    /// Truncate inputs to this many tokens (special tokens included); default: manifest.
+    pub max_length: Option<usize>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { threads: 1, max_length: None }
+    }
+}
+
+/// The sentence embedding of one input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedded {
+    pub embedding: Vec<f32>,
+    /// Tokens fed to the body (special tokens included).
+    pub tokens: usize,
+    /// Whether the input was cut to the maximum length.
+    pub truncated: bool,
+}
+
+pub struct Bundle {
+    dir: PathBuf,
+    pub manifest: Manifest,
+    factors: Mapped,
+    tokenizer: Tokenizer,
+    encoder: Encoder,
+    head: Option<Head>,
+    max_length: usize,
+}
+
+impl Bundle {
+    pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Self> {
+        let manifest = read_manifest(dir)?;
+        for name in [BODY_FILE, FACTORS_FILE, TOKENIZER_FILE].into_iter().chain(manifest.labels.as_ref().map(|_| HEAD_FILE)) {
+            verify_file(dir, &manifest, name)?;
+        }
+        // hashing read the whole factor file; forget it so residency reflects inference
+        drop_page_cache(&dir.join(FACTORS_FILE));
+
+        let fpath = dir.join(FACTORS_FILE);
+        // SAFETY: bundle files are only ever replaced by rename, never edited in place.
+        let factors = unsafe { Mapped::open(&fpath)? };
+        factors.advise_random();
+        {
+            let f = format::parse(factors.bytes()).map_err(|source| Error::Factors { path: fpath.clone(), source })?;
+            if (f.vocab(), f.dim()) != (manifest.vocab, manifest.dim) {
+                return Err(Error::bundle(
+                    &fpath,
+                    format!("table is {} x {} but the manifest says {} x {}", f.vocab(), f.dim(), manifest.vocab, manifest.dim),
+                ));
+            }
+            if f.header.method != manifest.table {
+                return Err(Error::bundle(&fpath, format!("table method is {} but the manifest says {}", f.header.method.name(), manifest.table.name())));
+            }
+        }
+        let max_length = opts.max_length.unwrap_or(manifest.max_length);
+        if max_length < 2 {
+            return Err(Error::Usage(format!("--max-length {max_length} leaves no room for the special tokens")));
+        }
+        let tpath = dir.join(TOKENIZER_FILE);
+        let tokenizer = Tokenizer::from_file(&tpath, Some(max_length))?;
+        if tokenizer.vocab_size() != manifest.vocab {
+            return Err(Error::bundle(
+                &tpath,
+                format!("vocabulary of {} tokens does not match the {} rows of the factor file", tokenizer.vocab_size(), manifest.vocab),
+            ));
+        }
+        let bpath = dir.join(BODY_FILE);
+        let body = std::fs::read(&bpath).map_err(|e| Error::io(&bpath, e))?;
+        let encoder = Encoder::load(&body, manifest.dim, opts.threads.max(1)).map_err(|msg| Error::bundle(&bpath, msg))?;
+        drop(body);
+        let head = match &manifest.labels {
+            Some(labels) => Some(Head::read(&dir.join(HEAD_FILE), labels, manifest.dim)?),
+            None => None,
+        };
+        Ok(Bundle { dir: dir.to_path_buf(), manifest, factors, tokenizer, encoder, head, max_length })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
+    }
+
+    /// The memory-mapped factor file (for footprint measurements).
+    pub fn factor_map(&self) -> &Mapped {
+        &self.factors
+    }
+
+    /// Zero-copy view of the (already validated) factor file.
+    pub fn factors(&self) -> Result<Factors<'_>> {
+        format::parse(self.factors.bytes()).map_err(|source| Error::Factors { path: self.factors.path().to_path_buf(), source })
+    }
+
+    /// Sentence embeddings of `texts`, run through the body as one padded batch.
+    pub fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Embedded>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enc = texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+        let seq = enc.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+        let d = self.manifest.dim;
+        let factors = self.factors()?;
+        let mut batch = BodyBatch {
+            batch: texts.len(),
+            seq,
+            embeds: vec![0f32; texts.len() * seq * d],
+            mask: vec![0i64; texts.len() * seq],
+            type_ids: vec![0i64; texts.len() * seq],
+        };
+        for (b, e) in enc.iter().enumerate() {
+            embed::decode_tokens(&factors, &e.ids, &mut batch.embeds[b * seq * d..(b * seq + e.ids.len()) * d])
+                .map_err(|source| Error::Factors { path: self.factors.path().to_path_buf(), source })?;
+            batch.mask[b * seq..b * seq + e.ids.len()].fill(1);
+            for (t, &ty) in batch.type_ids[b * seq..].iter_mut().zip(&e.type_ids) {
+                *t = i64::from(ty);
+            }
+        }
+        let mask = batch.mask.clone();
+        let hidden = self.encoder.run(batch).map_err(Error::Inference)?;
+        let pooled = pool::mean_pool(&hidden, &mask, texts.len(), seq, d, self.manifest.normalize);
+        Ok(pooled
+            .into_iter()
+            .zip(enc)
+            .map(|(embedding, e)| Embedded { embedding, tokens: e.ids.len(), truncated: e.truncated })
+            .collect())
+    }
+
+    /// Class probabilities of each text, in the order of `manifest.labels`.
+    pub fn classify_batch(&self, texts: &[&str]) -> Result<Vec<(Embedded, Vec<f32>)>> {
+        let head = self.head.as_ref().ok_or_else(|| {
+            Error::bundle(&self.dir, "has no classification head; train one with `embslim train-head <bundle> --data <dir>`")
+        })?;
+        Ok(self.embed_batch(texts)?.into_iter().map(|e| {
+            let p = head.probabilities(&e.embedding);
+            (e, p)
+        }).collect())
+    }
+
+    /// Embed many texts in batches of `batch_size`, grouping texts of similar length to
+    /// limit padding; batches run in parallel on rayon's pool (one document batch per
+    /// core scales better than threading each small matmul). Results come back in input
+    /// order; `progress` gets the number of texts done.
+    pub fn embed_many(&self, texts: &[&str], batch_size: usize, progress: impl Fn(usize) + Sync) -> Result<Vec<Embedded>> {
+        use rayon::prelude::*;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let done = AtomicUsize::new(0);
+        let groups: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+        let results = groups
+            .par_iter()
+            .map(|group| {
+                let batch: Vec<&str> = group.iter().map(|&i| texts[i]).collect();
+                let r = self.embed_batch(&batch);
+                progress(done.fetch_add(group.len(), Ordering::Relaxed) + group.len());
+                r
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut out: Vec<Option<Embedded>> = vec![None; texts.len()];
+        for (group, embs) in groups.iter().zip(results) {
+            for (&i, e) in group.iter().zip(embs) {
+                out[i] = Some(e);
+            }
+        }
+        Ok(out.into_iter().map(|e| e.expect("every index is filled once")).collect())
+    }
+}
+
+/// Read and check manifest.json of the bundle at `dir`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound if !dir.is_dir() => Error::bundle(dir, "no such bundle directory"),
+        _ => Error::io(&path, e),
+    })?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::bundle(&path, format!("not a valid manifest: {e}")))?;
+    if m.format != BUNDLE_FORMAT {
+        return Err(Error::bundle(&path, format!("format is '{}', expected '{BUNDLE_FORMAT}'", m.format)));
+    }
+    if m.version != BUNDLE_VERSION {
+        return Err(Error::bundle(&path, format!("bundle version {} is not supported (this build reads version {BUNDLE_VERSION})", m.version)));
+    }
+    if m.vocab == 0 || m.dim == 0 || m.max_length == 0 {
+        return Err(Error::bundle(&path, "vocab, dim and max_length must be positive"));
+    }
+    if m.pooling != "mean" {
+        return Err(Error::bundle(&path, format!("pooling '{}' is not supported (only 'mean')", m.pooling)));
+    }
+    if let Some(labels) = &m.labels {
+        if labels.len() < 2 {
+            return Err(Error::bundle(&path, "a head needs at least two labels"));
+        }
+    }
+    Ok(m)
+}
+
+/// Check that `name` exists with the size and sha256 the manifest records.
+fn verify_file(dir: &Path, m: &Manifest, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    let entry = m.files.get(name).ok_or_else(|| Error::bundle(dir.join(MANIFEST_FILE), format!("does not list {name}")))?;
+    let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::bundle(&path, "missing from the bundle"),
+        _ => Error::io(&path, e),
+    })?;
+    if meta.len() != entry.bytes {
+        return Err(Error::bundle(&path, format!("is {} bytes but the manifest says {}", meta.len(), entry.bytes)));
+    }
+    let (sha, _) = sha256_file(&path)?;
+    if sha != entry.sha256 {
+        return Err(Error::bundle(&path, format!("sha256 {sha} does not match the manifest's {}", entry.sha256)));
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `embslim eval`: sentence-embedding cosine of a bundle against a reference over a corpus.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::embed::RunArgs;
+use super::output;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bundle to evaluate.
+    pub bundle: PathBuf,
+    /// Reference bundle (e.g. the lossless one).
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// Folder of .txt files (recursively) or a file with one document per line.
+    #[arg(long, default_value = "models/bbc-news")]
+    pub data: PathBuf,
+    /// Use only the first N documents.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct EvalReport {
+    cos_mean: f64,
+    cos_p5: f64,
+    cos_min: f64,
+    n: usize,
+    truncated: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let corpus = embslim::corpus::load(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
+    if let Some(w) = corpus.lossy_warning() {
+        eprintln!("{w}");
+    }
+    let n = args.limit.unwrap_or(corpus.docs.len()).min(corpus.docs.len());
+    let texts: Vec<&str> = corpus.docs[..n].iter().map(|d| d.text.as_str()).collect();
+    let bar = super::progress_bar(2 * n as u64, "embed");
+    let a = args.run.open(&args.bundle)?.embed_many(&texts, args.batch, |k| bar.set_position(k as u64))?;
+    let b = args.run.open(&args.reference)?.embed_many(&texts, args.batch, |k| bar.set_position((n + k) as u64))?;
+    bar.finish_and_clear();
+    let mut cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| embslim::pool::cosine(&x.embedding, &y.embedding)).collect();
+    let cos_min = cos.iter().fold(f32::INFINITY, |m, c| m.min(*c));
+    let report = EvalReport {
+        cos_mean: cos.iter().map(|c| f64::from(*c)).sum::<f64>() / n.max(1) as f64,
+        cos_p5: embslim::pool::percentile(&mut cos, 0.05),
+        cos_min: f64::from(cos_min),
+        n,
+        truncated: a.iter().filter(|e| e.truncated).count(),
+    };
+    if args.json {
+        output::json_line(&report)?;
+    } else {
+        output::key_value_table(&report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,137 @@
+//! A small builder over tract's ONNX protobuf types (prost), for writing graphs.
+
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+/// ONNX opset the exported bodies use (LayerNormalization needs 17).
+pub const OPSET: i64 = 17;
+pub const IR_VERSION: i64 = 8;
+
+#[derive(Default)]
+pub struct Graph {
+    pub nodes: Vec<NodeProto>,
+    pub inits: Vec<TensorProto>,
+    pub inputs: Vec<ValueInfoProto>,
+    pub outputs: Vec<ValueInfoProto>,
+    counter: usize,
+}
+
+impl Graph {
+    /// Add a node with one output and return the output's name.
+    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        self.counter += 1;
+        let out = format!("{}_{}", op.to_lowercase(), self.counter);
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            name: format!("n{}_{op}", self.counter),
+            op_type: op.to_string(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
+    pub fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        self.inits.push(tensor_f32(name, dims, data));
+        name.to_string()
+    }
+
+    pub fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+        let mut t = tensor_i64(name, data);
+        t.dims = dims.iter().map(|d| *d as i64).collect();
+        self.inits.push(t);
+        name.to_string()
+    }
+
+    /// A scalar f32 constant, deduplicated by name.
+    pub fn scalar(&mut self, name: &str, v: f32) -> String {
+        if !self.inits.iter().any(|t| t.name == name) {
+            self.init_f32(name, &[], &[v]);
+        }
+        name.to_string()
+    }
+
+    pub fn into_model(self, name: &str) -> ModelProto {
+        ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            producer_name: "embslim".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(GraphProto {
+                node: self.nodes,
+                name: name.into(),
+                initializer: self.inits,
+                input: self.inputs,
+                output: self.outputs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+pub fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|d| *d as i64).collect(),
+        data_type: DataType::Float as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A 1-D int64 tensor.
+pub fn tensor_i64(name: &str, data: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.to_string(),
+        dims: vec![data.len() as i64],
+        data_type: DataType::Int64 as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A tensor value description with symbolic (`&str`) or fixed (`i64`) dimensions.
+pub enum Dim<'a> {
+    Sym(&'a str),
+    Fixed(i64),
+}
+
+pub fn value_info(name: &str, elem: DataType, dims: &[Dim<'_>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            value: Some(match d {
+                Dim::Sym(s) => tensor_shape_proto::dimension::Value::DimParam(s.to_string()),
+                Dim::Fixed(v) => tensor_shape_proto::dimension::Value::DimValue(*v),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: elem as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+}
+
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+}
+
+pub fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
+}

@@ -1,0 +1,314 @@
+//! Host-only: turn a model into a deployable bundle directory: the body as ONNX, the
+//! compressed table, the tokenizer and the manifest that ties them together.
+
+pub mod bert;
+pub mod graph;
+pub mod rewrite;
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use serde::Serialize;
+
+use crate::bundle::{BODY_FILE, FACTORS_FILE, TOKENIZER_FILE};
+use crate::corpus;
+use crate::error::{Error, Result};
+use crate::format::{self, Factors};
+use crate::fsutil::{publish_dir, sha256_bytes, stage_dir, write_synced};
+use crate::manifest::{FileEntry, Manifest, WeightScheme, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE};
+use crate::tokenize::Tokenizer;
+use crate::train::{self, source::SourceTable, CompressOptions, Progress};
+
+/// Everything `compress` needs besides the model and the output directory.
+#[derive(Clone, Debug)]
+pub struct BundleOptions {
+    pub table: CompressOptions,
+    pub weights: WeightScheme,
+    /// Longest input in tokens; default: sentence_bert_config.json's max_seq_length, else 128.
+    pub max_length: Option<usize>,
+    /// Corpus whose token counts weight the token cosine.
+    pub corpus: Option<PathBuf>,
+    /// tokenizer.json; default: the one beside the model.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// What `compress` reports (the `--json` interface).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub method: String,
+    pub rank: Option<usize>,
+    pub codes: Option<String>,
+    pub weights: String,
+    pub vocab: usize,
+    pub dim: usize,
+    pub ratio_params: f64,
+    pub ratio_bytes: f64,
+    #[serde(flatten)]
+    pub metrics: train::TokenMetrics,
+    pub train_seconds: f64,
+    pub best_epoch: Option<usize>,
+    /// Bytes of the factor file.
+    pub bytes: u64,
+    pub body_bytes: u64,
+    /// Sum of all files of the bundle.
+    pub bundle_bytes: u64,
+    pub out: PathBuf,
+}
+
+/// The directory holding the model's side files (config.json, tokenizer.json).
+fn model_dir(model: &Path) -> PathBuf {
+    if model.is_dir() {
+        model.to_path_buf()
+    } else {
+        model.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+/// Compress `model` into the bundle directory `out`, replacing any bundle there at once.
+pub fn compress_bundle(
+    model: &Path,
+    out: &Path,
+    opts: &BundleOptions,
+    mut progress: impl FnMut(Progress<'_>),
+    mut warn: impl FnMut(String),
+) -> Result<Report> {
+    let dir = model_dir(model);
+    let tok_path = opts.tokenizer.clone().unwrap_or_else(|| dir.join(TOKENIZER_FILE));
+    if !tok_path.is_file() {
+        return Err(Error::model(&tok_path, "tokenizer.json not found beside the model; pass --tokenizer"));
+    }
+    let tok_bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+    let tok = Tokenizer::from_bytes(&tok_bytes, &tok_path, None)?;
+
+    let src = SourceTable::open(model)?;
+    if tok.vocab_size() != src.vocab {
+        return Err(Error::Tokenizer {
+            path: tok_path.clone(),
+            msg: format!("vocabulary of {} tokens does not match the table's {} rows", tok.vocab_size(), src.vocab),
+        });
+    }
+
+    // the body first: a model whose graph cannot be exported fails before training
+    let (body, token_type_ids, default_len) = match src.kind {
+        train::source::SourceKind::HuggingFace => {
+            let (m, cfg) = bert::build_body(&dir, opts.weights)?;
+            (m.encode_to_vec(), cfg.type_vocab_size > 0, cfg.max_position_embeddings)
+        }
+        train::source::SourceKind::Onnx => {
+            if opts.weights != WeightScheme::F32 {
+                return Err(Error::Usage("an ONNX model keeps its own weights: use --weights f32".into()));
+            }
+            let bytes = std::fs::read(&src.file).map_err(|e| Error::io(&src.file, e))?;
+            let r = rewrite::rewrite(&bytes, &src.file)?;
+            if r.dim != src.dim {
+                return Err(Error::model(&src.file, format!("graph width {} differs from the table's {}", r.dim, src.dim)));
+            }
+            (r.model.encode_to_vec(), r.token_type_ids, 512)
+        }
+    };
+    let max_length = match opts.max_length {
+        Some(n) => n,
+        None => sentence_max_len(&dir).unwrap_or(128).min(default_len),
+    };
+
+    let freq = match &opts.corpus {
+        Some(c) => {
+            let corpus = corpus::load(c)?;
+            if let Some(w) = corpus.lossy_warning() {
+                warn(w);
+            }
+            Some(train::token_frequencies(&tok, &corpus, src.vocab)?)
+        }
+        None => None,
+    };
+    let c = train::compress(&src, &opts.table, &mut progress)?;
+    let view = Factors { header: c.header.clone(), table: c.table.view() };
+    let metrics = train::token_metrics(&src, &view, freq.as_deref())?;
+    let mut header = c.header.clone();
+    header.metrics = serde_json::json!({
+        "token_cos_mean": metrics.token_cos_mean,
+        "token_cos_p5": metrics.token_cos_p5,
+        "token_cos_weighted": metrics.token_cos_weighted,
+        "rmse": metrics.rmse,
+        "norm_ratio": metrics.norm_ratio,
+        "train_seconds": c.train_seconds,
+        "best_epoch": c.best_epoch,
+    });
+    let factors = format::serialize(&header, &c.table.view()).map_err(|source| Error::Factors { path: out.join(FACTORS_FILE), source })?;
+
+    let files: Vec<(&str, &[u8])> = vec![(BODY_FILE, &body), (FACTORS_FILE, &factors), (TOKENIZER_FILE, &tok_bytes)];
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        version: BUNDLE_VERSION,
+        model: model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        vocab: src.vocab,
+        dim: src.dim,
+        max_length,
+        pooling: "mean".into(),
+        normalize: true,
+        token_type_ids,
+        table: header.method,
+        weights: opts.weights,
+        files: files.iter().map(|(n, b)| (n.to_string(), FileEntry { sha256: sha256_bytes(b), bytes: b.len() as u64 })).collect::<BTreeMap<_, _>>(),
+        metrics: header.metrics.clone(),
+        labels: None,
+    };
+    write_bundle(out, &files, &manifest, None)?;
+
+    let original = (src.vocab * src.dim) as f64;
+    let bundle_bytes = files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + manifest_bytes(&manifest)?.len() as u64;
+    Ok(Report {
+        model: model.display().to_string(),
+        method: header.method.name().to_string(),
+        rank: header.rank,
+        codes: header.codes.map(|c| c.name().to_string()),
+        weights: opts.weights.name().to_string(),
+        vocab: src.vocab,
+        dim: src.dim,
+        ratio_params: original / view.param_count() as f64,
+        ratio_bytes: original * 4.0 / factors.len() as f64,
+        metrics,
+        train_seconds: c.train_seconds,
+        best_epoch: c.best_epoch,
+        bytes: factors.len() as u64,
+        body_bytes: body.len() as u64,
+        bundle_bytes,
+        out: out.to_path_buf(),
+    })
+}
+
+/// max_seq_length from a sentence-transformers sentence_bert_config.json, if present.
+fn sentence_max_len(dir: &Path) -> Option<usize> {
+    let bytes = std::fs::read(dir.join("sentence_bert_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("max_seq_length")?.as_u64().map(|n| n as usize)
+}
+
+fn manifest_bytes(m: &Manifest) -> Result<Vec<u8>> {
+    let mut b = serde_json::to_vec_pretty(m).map_err(|e| Error::Usage(format!("manifest: {e}")))?;
+    b.push(b'\n');
+    Ok(b)
+}
+
+/// Write a bundle: `files` (name, bytes) plus the manifest, staged beside `out` and swapped
+/// in at once. Files of `keep_from` (an existing bundle) not in `files` are hard-linked
+/// (or copied) into the new one.
+pub fn write_bundle(out: &Path, files: &[(&str, &[u8])], manifest: &Manifest, keep_from: Option<&Path>) -> Result<()> {
+    let staged = stage_dir(out)?;
+    let res = (|| {
+        for (name, bytes) in files {
+            write_synced(&staged.join(name), bytes)?;
+        }
+        if let Some(old) = keep_from {
+            for name in manifest.files.keys().filter(|n| !files.iter().any(|(f, _)| f == n)) {
+                let (from, to) = (old.join(name), staged.join(name));
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
+                }
+            }
+        }
+        write_synced(&staged.join(MANIFEST_FILE), &manifest_bytes(manifest)?)?;
+        publish_dir(&staged, out)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    res
+}
+
+/// What `train-head` reports (the `--json` interface).
+#[derive(Clone, Debug, Serialize)]
+pub struct HeadReport {
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub labels: Vec<String>,
+    /// confusion[true][predicted] on the held-out split.
+    pub confusion: Vec<Vec<usize>>,
+    pub docs_per_second: f64,
+    pub embed_seconds: f64,
+    pub fit_seconds: f64,
+    pub iterations: usize,
+    pub lossy_documents: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HeadOptions {
+    pub test_fraction: f64,
+    pub seed: u64,
+    /// Inverse L2 strength, as scikit-learn's C.
+    pub c: f64,
+    pub batch: usize,
+}
+
+/// Embed a labelled corpus with the bundle, fit a logistic-regression head on a stratified
+/// split, evaluate it on the held-out part, and store it in the bundle (head file plus
+/// labels and metrics in the manifest, swapped in at once).
+pub fn train_head(
+    bundle: &crate::Bundle,
+    data: &crate::corpus::Labelled,
+    opts: &HeadOptions,
+    embed_progress: impl Fn(usize) + Sync,
+    mut fit_progress: impl FnMut(usize, f64, f64),
+) -> Result<HeadReport> {
+    use crate::bundle::HEAD_FILE;
+    if !(0.0..1.0).contains(&opts.test_fraction) || !(opts.c.is_finite() && opts.c > 0.0) {
+        return Err(Error::Usage("--test-fraction must be in [0, 1) and --c positive".into()));
+    }
+    let k = data.labels.len();
+    let d = bundle.manifest.dim;
+    let t0 = std::time::Instant::now();
+    let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
+    let emb = bundle.embed_many(&texts, opts.batch, embed_progress)?;
+    let embed_seconds = t0.elapsed().as_secs_f64();
+    let (train_idx, test_idx) = train::head::stratified_split(&data.classes, k, opts.test_fraction, opts.seed);
+    if train_idx.is_empty() {
+        return Err(Error::Usage("the split leaves no training documents".into()));
+    }
+    let gather = |idx: &[usize]| -> (Vec<f32>, Vec<usize>) {
+        (idx.iter().flat_map(|&i| emb[i].embedding.iter().copied()).collect(), idx.iter().map(|&i| data.classes[i]).collect())
+    };
+    let (xtr, ytr) = gather(&train_idx);
+    let t1 = std::time::Instant::now();
+    let fit = train::head::fit(&xtr, &ytr, k, d, opts.c, &mut fit_progress);
+    let fit_seconds = t1.elapsed().as_secs_f64();
+    let head = crate::head::Head { labels: data.labels.clone(), weight: fit.weight, bias: fit.bias, dim: d };
+    let (xte, yte) = gather(&test_idx);
+    let pred: Vec<usize> = xte
+        .chunks_exact(d)
+        .map(|x| {
+            let p = head.probabilities(x);
+            (0..k).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0)
+        })
+        .collect();
+    let (accuracy, macro_f1, confusion) = train::head::scores(&yte, &pred, k);
+
+    let head_bytes = head.serialize().map_err(|msg| Error::bundle(bundle.dir().join(HEAD_FILE), msg))?;
+    let mut manifest = bundle.manifest.clone();
+    manifest.labels = Some(data.labels.clone());
+    manifest.files.insert(HEAD_FILE.into(), FileEntry { sha256: sha256_bytes(&head_bytes), bytes: head_bytes.len() as u64 });
+    if let Some(m) = manifest.metrics.as_object_mut() {
+        m.insert("head".into(), serde_json::json!({
+            "accuracy": accuracy, "macro_f1": macro_f1, "n_train": train_idx.len(), "n_test": test_idx.len(),
+            "test_fraction": opts.test_fraction, "seed": opts.seed, "c": opts.c,
+        }));
+    }
+    write_bundle(bundle.dir(), &[(HEAD_FILE, &head_bytes)], &manifest, Some(bundle.dir()))?;
+    Ok(HeadReport {
+        accuracy,
+        macro_f1,
+        n_train: train_idx.len(),
+        n_test: test_idx.len(),
+        labels: data.labels.clone(),
+        confusion,
+        docs_per_second: texts.len() as f64 / embed_seconds.max(1e-9),
+        embed_seconds,
+        fit_seconds,
+        iterations: fit.iterations,
+        lossy_documents: data.lossy.clone(),
+    })
+}

@@ -1,0 +1,561 @@
+//! The factor file: a safetensors file holding a compressed token-embedding table.
+//!
+//! The parser takes `&[u8]` (a memory map in the runtime, a `Vec` in tests) and validates
+//! every invariant before any zero-copy cast: the safetensors header and offsets, the
+//! format name and version, the method and the tensors it requires, their dtypes and
+//! shapes against the declared vocabulary `V`, width `d` and rank `k`, alignment, and finite
+//! values in the small tensors (decoder, bias). Row data (codes, quantized rows, per-row
+//! scales) is only read when a row is decoded, so opening a file touches only its header
+//! and the small tensors; a non-finite per-row scale is reported when that row is decoded.
+//!
+//! Layout by method (`V` vocab, `d` dim, `k` rank):
+//!
+//! | method            | tensors                                                         |
+//! |-------------------|-----------------------------------------------------------------|
+//! | none              | `table` F32 [V, d]                                              |
+//! | svd, direction    | `codes` F32/F16/I8 [V, k] (+ `codes_scale` F32 [V] for I8),      |
+//! |                   | `decoder` F32 [k, d], `bias` F32 [d]                             |
+//! | int8              | `rows` I8 [V, d], `row_scale` F32 [V]                            |
+//! | int4              | `blocks` U8 [V, d/2] (two 4-bit values a byte, low nibble first),|
+//! |                   | `block_scale` F16 [V, d/32] (ggml Q4_0: x = (q - 8) * scale)      |
+
+use std::collections::{BTreeMap, HashMap};
+
+use half::f16;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_NAME: &str = "embslim-factors";
+pub const FORMAT_VERSION: u32 = 1;
+/// Values per 4-bit block; each block has one f16 scale.
+pub const Q4_BLOCK: usize = 32;
+
+/// How the table is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// The exact f32 table (lossless reference).
+    None,
+    /// Truncated SVD: codes = U_k S_k, decoder = V_k^T.
+    Svd,
+    /// The paper's direction-aware linear autoencoder.
+    Direction,
+    /// Per-row symmetric int8.
+    Int8,
+    /// 4-bit blocks of 32 with an f16 scale (ggml Q4_0).
+    Int4,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::None => "none",
+            Method::Svd => "svd",
+            Method::Direction => "direction",
+            Method::Int8 => "int8",
+            Method::Int4 => "int4",
+        }
+    }
+    pub fn is_factorized(self) -> bool {
+        matches!(self, Method::Svd | Method::Direction)
+    }
+    fn parse(s: &str) -> Option<Self> {
+        [Method::None, Method::Svd, Method::Direction, Method::Int8, Method::Int4]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
+}
+
+/// Storage of the codes of a factorized table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CodesDtype {
+    F32,
+    F16,
+    /// int8 with one f32 scale per row.
+    Int8,
+}
+
+impl CodesDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            CodesDtype::F32 => "f32",
+            CodesDtype::F16 => "f16",
+            CodesDtype::Int8 => "int8",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        [CodesDtype::F32, CodesDtype::F16, CodesDtype::Int8].into_iter().find(|c| c.name() == s)
+    }
+}
+
+/// One reason a factor file is rejected; each validation rule has its own variant so
+/// tests (and users) can tell them apart.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FormatError {
+    #[error("file is too short for a safetensors header ({len} bytes)")]
+    TooShort { len: usize },
+    #[error("header length {header} exceeds the file size {len}")]
+    HeaderBeyondFile { header: u64, len: usize },
+    #[error("header is not valid JSON: {0}")]
+    HeaderJson(String),
+    #[error("tensor '{tensor}': data offsets {start}..{end} are outside the {data_len} data bytes")]
+    OffsetOutOfRange { tensor: String, start: u64, end: u64, data_len: usize },
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+    #[error("metadata is missing (no __metadata__ in the header)")]
+    NoMetadata,
+    #[error("metadata key '{0}' is missing")]
+    MissingKey(&'static str),
+    #[error("format is '{0}', expected '{FORMAT_NAME}'")]
+    BadFormatName(String),
+    #[error("format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
+    UnsupportedVersion { found: String },
+    #[error("metadata '{key}' = '{value}' is not valid: {why}")]
+    BadMetadata { key: &'static str, value: String, why: &'static str },
+    #[error("dimensions overflow: {0}")]
+    Overflow(&'static str),
+    #[error("tensor '{0}' is missing")]
+    MissingTensor(&'static str),
+    #[error("tensor '{0}' is not expected for this method")]
+    UnexpectedTensor(String),
+    #[error("tensor '{tensor}' has dtype {found}, expected {expected}")]
+    BadDtype { tensor: &'static str, found: String, expected: &'static str },
+    #[error("tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
+    BadShape { tensor: &'static str, found: Vec<usize>, expected: Vec<usize> },
+    #[error("tensor '{0}' is not aligned for a zero-copy read")]
+    Misaligned(&'static str),
+    #[error("tensor '{tensor}' holds a non-finite value at index {index}")]
+    NonFinite { tensor: &'static str, index: usize },
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { token: usize, vocab: usize },
+}
+
+/// What the metadata of a factor file declares.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub method: Method,
+    pub vocab: usize,
+    pub dim: usize,
+    /// Rank k of a factorized table.
+    pub rank: Option<usize>,
+    /// Storage of the codes of a factorized table.
+    pub codes: Option<CodesDtype>,
+    /// sha256 of the checkpoint the table was read from.
+    pub source_sha256: String,
+    /// Training and evaluation metrics (free-form JSON object).
+    pub metrics: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Codes<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Int8 { q: &'a [i8], scale: &'a [f32] },
+}
+
+/// The stored table, borrowed from the file's bytes (or from buffers being written).
+#[derive(Clone, Copy, Debug)]
+pub enum Table<'a> {
+    Dense(&'a [f32]),
+    LowRank { codes: Codes<'a>, decoder: &'a [f32], bias: &'a [f32] },
+    Int8Rows { q: &'a [i8], scale: &'a [f32] },
+    Q4Blocks { q: &'a [u8], scale: &'a [f16] },
+}
+
+/// A validated factor file: header plus zero-copy views of its tensors.
+#[derive(Clone, Debug)]
+pub struct Factors<'a> {
+    pub header: Header,
+    pub table: Table<'a>,
+}
+
+impl<'a> Factors<'a> {
+    pub fn vocab(&self) -> usize {
+        self.header.vocab
+    }
+    pub fn dim(&self) -> usize {
+        self.header.dim
+    }
+
+    /// Decode the embedding of `token` into `out` (length d), reading only that row.
+    pub fn decode_row(&self, token: usize, out: &mut [f32]) -> Result<(), FormatError> {
+        let (v, d) = (self.header.vocab, self.header.dim);
+        if token >= v {
+            return Err(FormatError::TokenOutOfRange { token, vocab: v });
+        }
+        debug_assert_eq!(out.len(), d);
+        let row = |len: usize| token * len..(token + 1) * len;
+        match self.table {
+            Table::Dense(t) => out.copy_from_slice(&t[row(d)]),
+            Table::Int8Rows { q, scale } => {
+                let s = finite(scale[token], "row_scale", token)?;
+                for (o, &x) in out.iter_mut().zip(&q[row(d)]) {
+                    *o = x as f32 * s;
+                }
+            }
+            Table::Q4Blocks { q, scale } => {
+                let nb = d / Q4_BLOCK;
+                let bytes = &q[row(d / 2)];
+                for b in 0..nb {
+                    let s = finite(scale[token * nb + b].to_f32(), "block_scale", token * nb + b)?;
+                    let src = &bytes[b * Q4_BLOCK / 2..(b + 1) * Q4_BLOCK / 2];
+                    let dst = &mut out[b * Q4_BLOCK..(b + 1) * Q4_BLOCK];
+                    for (pair, &byte) in dst.chunks_exact_mut(2).zip(src) {
+                        pair[0] = ((byte & 0x0f) as i32 - 8) as f32 * s;
+                        pair[1] = ((byte >> 4) as i32 - 8) as f32 * s;
+                    }
+                }
+            }
+            Table::LowRank { codes, decoder, bias } => {
+                let k = decoder.len() / d;
+                out.copy_from_slice(bias);
+                let mut add = |j: usize, c: f32| {
+                    for (o, w) in out.iter_mut().zip(&decoder[j * d..(j + 1) * d]) {
+                        *o += c * w;
+                    }
+                };
+                match codes {
+                    Codes::F32(z) => z[row(k)].iter().enumerate().for_each(|(j, &c)| add(j, c)),
+                    Codes::F16(z) => z[row(k)].iter().enumerate().for_each(|(j, c)| add(j, c.to_f32())),
+                    Codes::Int8 { q, scale } => {
+                        let s = finite(scale[token], "codes_scale", token)?;
+                        q[row(k)].iter().enumerate().for_each(|(j, &c)| add(j, c as f32 * s));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of tensor data (the table as stored, without the header).
+    pub fn table_bytes(&self) -> usize {
+        fn b<T>(s: &[T]) -> usize {
+            std::mem::size_of_val(s)
+        }
+        match self.table {
+            Table::Dense(t) => b(t),
+            Table::Int8Rows { q, scale } => b(q) + b(scale),
+            Table::Q4Blocks { q, scale } => b(q) + b(scale),
+            Table::LowRank { codes, decoder, bias } => {
+                b(decoder)
+                    + b(bias)
+                    + match codes {
+                        Codes::F32(z) => b(z),
+                        Codes::F16(z) => b(z),
+                        Codes::Int8 { q, scale } => b(q) + b(scale),
+                    }
+            }
+        }
+    }
+
+    /// Number of stored parameters (scales count as parameters).
+    pub fn param_count(&self) -> usize {
+        match self.table {
+            Table::Dense(t) => t.len(),
+            Table::Int8Rows { q, scale } => q.len() + scale.len(),
+            Table::Q4Blocks { q, scale } => q.len() * 2 + scale.len(),
+            Table::LowRank { codes, decoder, bias } => {
+                decoder.len()
+                    + bias.len()
+                    + match codes {
+                        Codes::F32(z) => z.len(),
+                        Codes::F16(z) => z.len(),
+                        Codes::Int8 { q, scale } => q.len() + scale.len(),
+                    }
+            }
+        }
+    }
+}
+
+fn finite(x: f32, tensor: &'static str, index: usize) -> Result<f32, FormatError> {
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(FormatError::NonFinite { tensor, index })
+    }
+}
+
+/// Parse and validate a factor file held in `bytes`.
+pub fn parse(bytes: &[u8]) -> Result<Factors<'_>, FormatError> {
+    precheck_offsets(bytes)?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| FormatError::Safetensors(format!("{e:?}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| FormatError::Safetensors(format!("{e:?}")))?;
+    let meta = meta.metadata().as_ref().ok_or(FormatError::NoMetadata)?;
+    let header = parse_header(meta)?;
+    let (v, d) = (header.vocab, header.dim);
+    let vd = v.checked_mul(d).ok_or(FormatError::Overflow("vocab * dim"))?;
+
+    let allowed: &[&str] = match header.method {
+        Method::None => &["table"],
+        Method::Int8 => &["rows", "row_scale"],
+        Method::Int4 => &["blocks", "block_scale"],
+        Method::Svd | Method::Direction => &["codes", "codes_scale", "decoder", "bias"],
+    };
+    for name in st.names() {
+        if !allowed.contains(&name.as_str()) {
+            return Err(FormatError::UnexpectedTensor(name.clone()));
+        }
+    }
+
+    let table = match header.method {
+        Method::None => Table::Dense(cast(&st, "table", Dtype::F32, &[v, d])?),
+        Method::Int8 => Table::Int8Rows {
+            q: cast(&st, "rows", Dtype::I8, &[v, d])?,
+            scale: cast(&st, "row_scale", Dtype::F32, &[v])?,
+        },
+        Method::Int4 => {
+            if d % Q4_BLOCK != 0 {
+                return Err(FormatError::BadMetadata { key: "dim", value: d.to_string(), why: "int4 needs a multiple of 32" });
+            }
+            Table::Q4Blocks {
+                q: cast(&st, "blocks", Dtype::U8, &[v, d / 2])?,
+                scale: cast(&st, "block_scale", Dtype::F16, &[v, d / Q4_BLOCK])?,
+            }
+        }
+        Method::Svd | Method::Direction => {
+            let k = header.rank.ok_or(FormatError::MissingKey("rank"))?;
+            k.checked_mul(d).ok_or(FormatError::Overflow("rank * dim"))?;
+            v.checked_mul(k).ok_or(FormatError::Overflow("vocab * rank"))?;
+            let codes = match header.codes.ok_or(FormatError::MissingKey("codes"))? {
+                CodesDtype::F32 => Codes::F32(cast(&st, "codes", Dtype::F32, &[v, k])?),
+                CodesDtype::F16 => Codes::F16(cast(&st, "codes", Dtype::F16, &[v, k])?),
+                CodesDtype::Int8 => Codes::Int8 {
+                    q: cast(&st, "codes", Dtype::I8, &[v, k])?,
+                    scale: cast(&st, "codes_scale", Dtype::F32, &[v])?,
+                },
+            };
+            if !matches!(codes, Codes::Int8 { .. }) && st.names().iter().any(|n| *n == "codes_scale") {
+                return Err(FormatError::UnexpectedTensor("codes_scale".into()));
+            }
+            let decoder: &[f32] = cast(&st, "decoder", Dtype::F32, &[k, d])?;
+            let bias: &[f32] = cast(&st, "bias", Dtype::F32, &[d])?;
+            all_finite(decoder, "decoder")?;
+            all_finite(bias, "bias")?;
+            Table::LowRank { codes, decoder, bias }
+        }
+    };
+    let _ = vd;
+    Ok(Factors { header, table })
+}
+
+/// safetensors adds the data end to the header size without overflow checks; reject
+/// offsets beyond the data before handing the buffer to it.
+fn precheck_offsets(bytes: &[u8]) -> Result<(), FormatError> {
+    if bytes.len() < 8 {
+        return Err(FormatError::TooShort { len: bytes.len() });
+    }
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(n8);
+    let data_start = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|end| *end <= bytes.len())
+        .ok_or(FormatError::HeaderBeyondFile { header: n, len: bytes.len() })?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..data_start]).map_err(|e| FormatError::HeaderJson(e.to_string()))?;
+    let data_len = bytes.len() - data_start;
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offs = info.get("data_offsets").and_then(|o| o.as_array());
+        let get = |i: usize| offs.and_then(|o| o.get(i)).and_then(|x| x.as_u64());
+        if let (Some(start), Some(end)) = (get(0), get(1)) {
+            if start > end || end > data_len as u64 {
+                return Err(FormatError::OffsetOutOfRange { tensor: name.clone(), start, end, data_len });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_header(meta: &HashMap<String, String>) -> Result<Header, FormatError> {
+    let get = |k: &'static str| meta.get(k).map(String::as_str).ok_or(FormatError::MissingKey(k));
+    let format = get("format")?;
+    if format != FORMAT_NAME {
+        return Err(FormatError::BadFormatName(format.to_string()));
+    }
+    let version = get("version")?;
+    if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        return Err(FormatError::UnsupportedVersion { found: version.to_string() });
+    }
+    let method_s = get("method")?;
+    let method = Method::parse(method_s).ok_or(FormatError::BadMetadata {
+        key: "method",
+        value: method_s.to_string(),
+        why: "unknown method",
+    })?;
+    let positive = |k: &'static str| -> Result<usize, FormatError> {
+        let s = get(k)?;
+        s.parse::<usize>().ok().filter(|x| *x > 0).ok_or(FormatError::BadMetadata {
+            key: k,
+            value: s.to_string(),
+            why: "expected a positive integer",
+        })
+    };
+    let vocab = positive("vocab")?;
+    let dim = positive("dim")?;
+    let (rank, codes) = if method.is_factorized() {
+        let k = positive("rank")?;
+        if k >= dim {
+            return Err(FormatError::BadMetadata { key: "rank", value: k.to_string(), why: "rank must be below dim" });
+        }
+        let c = get("codes")?;
+        let codes = CodesDtype::parse(c).ok_or(FormatError::BadMetadata {
+            key: "codes",
+            value: c.to_string(),
+            why: "expected f32, f16 or int8",
+        })?;
+        (Some(k), Some(codes))
+    } else {
+        (None, None)
+    };
+    let source_sha256 = meta.get("source_sha256").cloned().unwrap_or_default();
+    let metrics = match meta.get("metrics") {
+        Some(m) => serde_json::from_str(m).map_err(|_| FormatError::BadMetadata {
+            key: "metrics",
+            value: m.chars().take(40).collect(),
+            why: "not JSON",
+        })?,
+        None => serde_json::Value::Null,
+    };
+    Ok(Header { method, vocab, dim, rank, codes, source_sha256, metrics })
+}
+
+trait Elem: bytemuck::Pod {
+    const DTYPE: Dtype;
+}
+impl Elem for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+}
+impl Elem for f16 {
+    const DTYPE: Dtype = Dtype::F16;
+}
+impl Elem for i8 {
+    const DTYPE: Dtype = Dtype::I8;
+}
+impl Elem for u8 {
+    const DTYPE: Dtype = Dtype::U8;
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "F32",
+        Dtype::F16 => "F16",
+        Dtype::I8 => "I8",
+        Dtype::U8 => "U8",
+        _ => "other",
+    }
+}
+
+/// Check dtype and shape of tensor `name`, then cast its bytes without copying.
+fn cast<'a, T: Elem>(st: &SafeTensors<'a>, name: &'static str, dtype: Dtype, shape: &[usize]) -> Result<&'a [T], FormatError> {
+    debug_assert_eq!(dtype, T::DTYPE);
+    let view: TensorView<'a> = st.tensor(name).map_err(|_| FormatError::MissingTensor(name))?;
+    if view.dtype() != dtype {
+        return Err(FormatError::BadDtype { tensor: name, found: format!("{:?}", view.dtype()), expected: dtype_name(dtype) });
+    }
+    if view.shape() != shape {
+        return Err(FormatError::BadShape { tensor: name, found: view.shape().to_vec(), expected: shape.to_vec() });
+    }
+    // `view.data()` borrows from the file bytes ('a), not from the view.
+    let data: &'a [u8] = view.data();
+    bytemuck::try_cast_slice(data).map_err(|_| FormatError::Misaligned(name))
+}
+
+fn all_finite(xs: &[f32], tensor: &'static str) -> Result<(), FormatError> {
+    match xs.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(FormatError::NonFinite { tensor, index }),
+        None => Ok(()),
+    }
+}
+
+/// Owned tensors of a table, ready to be written or viewed as [`Factors`].
+#[derive(Clone, Debug)]
+pub enum OwnedTable {
+    Dense(Vec<f32>),
+    LowRank { codes: OwnedCodes, decoder: Vec<f32>, bias: Vec<f32> },
+    Int8Rows { q: Vec<i8>, scale: Vec<f32> },
+    Q4Blocks { q: Vec<u8>, scale: Vec<f16> },
+}
+
+#[derive(Clone, Debug)]
+pub enum OwnedCodes {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Int8 { q: Vec<i8>, scale: Vec<f32> },
+}
+
+impl OwnedTable {
+    pub fn view(&self) -> Table<'_> {
+        match self {
+            OwnedTable::Dense(t) => Table::Dense(t),
+            OwnedTable::Int8Rows { q, scale } => Table::Int8Rows { q, scale },
+            OwnedTable::Q4Blocks { q, scale } => Table::Q4Blocks { q, scale },
+            OwnedTable::LowRank { codes, decoder, bias } => Table::LowRank {
+                codes: match codes {
+                    OwnedCodes::F32(z) => Codes::F32(z),
+                    OwnedCodes::F16(z) => Codes::F16(z),
+                    OwnedCodes::Int8 { q, scale } => Codes::Int8 { q, scale },
+                },
+                decoder,
+                bias,
+            },
+        }
+    }
+}
+
+/// Serialize a table with its header into factor-file bytes.
+pub fn serialize(header: &Header, table: &Table<'_>) -> Result<Vec<u8>, FormatError> {
+    let (v, d) = (header.vocab, header.dim);
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT_NAME.to_string());
+    meta.insert("version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert("method".to_string(), header.method.name().to_string());
+    meta.insert("vocab".to_string(), v.to_string());
+    meta.insert("dim".to_string(), d.to_string());
+    if let Some(k) = header.rank {
+        meta.insert("rank".to_string(), k.to_string());
+    }
+    if let Some(c) = header.codes {
+        meta.insert("codes".to_string(), c.name().to_string());
+    }
+    meta.insert("source_sha256".to_string(), header.source_sha256.clone());
+    meta.insert("metrics".to_string(), header.metrics.to_string());
+
+    let mut tensors: Vec<(&str, TensorView<'_>)> = Vec::new();
+    fn add<'d>(tensors: &mut Vec<(&'static str, TensorView<'d>)>, name: &'static str, dtype: Dtype, shape: Vec<usize>, data: &'d [u8]) -> Result<(), FormatError> {
+        let view = TensorView::new(dtype, shape, data).map_err(|e| FormatError::Safetensors(format!("{name}: {e:?}")))?;
+        tensors.push((name, view));
+        Ok(())
+    }
+    let k = header.rank.unwrap_or(0);
+    match *table {
+        Table::Dense(t) => add(&mut tensors, "table", Dtype::F32, vec![v, d], bytemuck::cast_slice(t))?,
+        Table::Int8Rows { q, scale } => {
+            add(&mut tensors, "rows", Dtype::I8, vec![v, d], bytemuck::cast_slice(q))?;
+            add(&mut tensors, "row_scale", Dtype::F32, vec![v], bytemuck::cast_slice(scale))?;
+        }
+        Table::Q4Blocks { q, scale } => {
+            add(&mut tensors, "blocks", Dtype::U8, vec![v, d / 2], q)?;
+            add(&mut tensors, "block_scale", Dtype::F16, vec![v, d / Q4_BLOCK], bytemuck::cast_slice(scale))?;
+        }
+        Table::LowRank { codes, decoder, bias } => {
+            match codes {
+                Codes::F32(z) => add(&mut tensors, "codes", Dtype::F32, vec![v, k], bytemuck::cast_slice(z))?,
+                Codes::F16(z) => add(&mut tensors, "codes", Dtype::F16, vec![v, k], bytemuck::cast_slice(z))?,
+                Codes::Int8 { q, scale } => {
+                    add(&mut tensors, "codes", Dtype::I8, vec![v, k], bytemuck::cast_slice(q))?;
+                    add(&mut tensors, "codes_scale", Dtype::F32, vec![v], bytemuck::cast_slice(scale))?;
+                }
+            }
+            add(&mut tensors, "decoder", Dtype::F32, vec![k, d], bytemuck::cast_slice(decoder))?;
+            add(&mut tensors, "bias", Dtype::F32, vec![d], bytemuck::cast_slice(bias))?;
+        }
+    }
+    // safetensors orders tensors by alignment (largest dtype first) after an 8-byte
+    // aligned header, so every tensor starts aligned for its own dtype.
+    safetensors::serialize(tensors, &Some(meta)).map_err(|e| FormatError::Safetensors(format!("{e:?}")))
+}

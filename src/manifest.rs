@@ -1,0 +1,55 @@
+//! manifest.json: what a bundle holds and the hashes that tie its files together.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::Method;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const BUNDLE_FORMAT: &str = "embslim-bundle";
+pub const BUNDLE_VERSION: u32 = 1;
+
+/// Storage of the body's MatMul weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightScheme {
+    F32,
+}
+
+impl WeightScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightScheme::F32 => "f32",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    /// Where the model came from (checkpoint directory or ONNX file name).
+    pub model: String,
+    pub vocab: usize,
+    pub dim: usize,
+    pub max_length: usize,
+    /// Always "mean": mean over the attention mask.
+    pub pooling: String,
+    pub normalize: bool,
+    pub token_type_ids: bool,
+    pub table: Method,
+    pub weights: WeightScheme,
+    /// Every file of the bundle but the manifest, by name.
+    pub files: BTreeMap<String, FileEntry>,
+    pub metrics: serde_json::Value,
+    /// Class labels of the classification head, in head row order, when one is trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+}

@@ -1,0 +1,249 @@
+//! The factor file: write -> read round trips for every method and dtype (property
+//! tests), and a malformed-file table with one case per validation rule (as llama.cpp's
+//! tests/test-gguf.cpp does for GGUF).
+
+mod common;
+
+use embslim::format::{self, CodesDtype, FormatError, Header, Method, OwnedCodes, OwnedTable, Table};
+use embslim::train::quant;
+use half::f16;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn header(method: Method, vocab: usize, dim: usize, rank: Option<usize>, codes: Option<CodesDtype>) -> Header {
+    Header { method, vocab, dim, rank, codes, source_sha256: "ab".repeat(32), metrics: json!({"token_cos_mean": 0.5}) }
+}
+
+/// A table of each kind built from `x` (V x d).
+fn build(method: Method, codes: CodesDtype, x: &[f32], v: usize, d: usize, k: usize) -> (Header, OwnedTable) {
+    match method {
+        Method::None => (header(method, v, d, None, None), OwnedTable::Dense(x.to_vec())),
+        Method::Int8 => {
+            let (q, scale) = quant::int8_rows(x, d);
+            (header(method, v, d, None, None), OwnedTable::Int8Rows { q, scale })
+        }
+        Method::Int4 => {
+            let (q, scale) = quant::q4_0(x);
+            (header(method, v, d, None, None), OwnedTable::Q4Blocks { q, scale })
+        }
+        Method::Svd | Method::Direction => {
+            let z = common::noise(v * k, 7);
+            let c = match codes {
+                CodesDtype::F32 => OwnedCodes::F32(z),
+                CodesDtype::F16 => OwnedCodes::F16(z.iter().map(|v| f16::from_f32(*v)).collect()),
+                CodesDtype::Int8 => {
+                    let (q, scale) = quant::int8_rows(&z, k);
+                    OwnedCodes::Int8 { q, scale }
+                }
+            };
+            let t = OwnedTable::LowRank { codes: c, decoder: common::noise(k * d, 8), bias: common::noise(d, 9) };
+            (header(method, v, d, Some(k), Some(codes)), t)
+        }
+    }
+}
+
+fn decode_all(f: &format::Factors<'_>) -> Vec<f32> {
+    let d = f.dim();
+    let mut out = vec![0f32; f.vocab() * d];
+    for (t, row) in out.chunks_exact_mut(d).enumerate() {
+        f.decode_row(t, row).unwrap();
+    }
+    out
+}
+
+const METHODS: [Method; 5] = [Method::None, Method::Svd, Method::Direction, Method::Int8, Method::Int4];
+const CODES: [CodesDtype; 3] = [CodesDtype::F32, CodesDtype::F16, CodesDtype::Int8];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Written then parsed, every method and code dtype decodes to exactly the rows of the
+    /// in-memory table it was written from, with the same header.
+    #[test]
+    fn round_trip(v in 1usize..40, blocks in 1usize..4, k in 1usize..8, m in 0usize..5, c in 0usize..3, seed in 0u64..1000) {
+        let d = blocks * 32;
+        let x = common::noise(v * d, seed);
+        let (h, t) = build(METHODS[m], CODES[c], &x, v, d, k);
+        let bytes = format::serialize(&h, &t.view()).unwrap();
+        let parsed = format::parse(&bytes).unwrap();
+        prop_assert_eq!(&parsed.header, &h);
+        let mem = format::Factors { header: h.clone(), table: t.view() };
+        let (a, b) = (decode_all(&parsed), decode_all(&mem));
+        prop_assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        // the dense table must come back bit for bit
+        if METHODS[m] == Method::None {
+            prop_assert!(a.iter().zip(&x).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+
+    /// int8 rows reconstruct within half a quantization step; Q4_0 within one step of its block.
+    #[test]
+    fn quantizer_error_bounds(v in 1usize..20, seed in 0u64..1000) {
+        let d = 64;
+        let x = common::noise(v * d, seed);
+        let (q, s) = quant::int8_rows(&x, d);
+        for (r, row) in x.chunks_exact(d).enumerate() {
+            for (j, &xv) in row.iter().enumerate() {
+                prop_assert!((q[r * d + j] as f32 * s[r] - xv).abs() <= s[r] * 0.5 + 1e-6);
+            }
+        }
+        let (q4, s4) = quant::q4_0(&x);
+        let f = format::Factors { header: header(Method::Int4, v, d, None, None), table: Table::Q4Blocks { q: &q4, scale: &s4 } };
+        let y = decode_all(&f);
+        for (b, (xb, yb)) in x.chunks_exact(32).zip(y.chunks_exact(32)).enumerate() {
+            let step = s4[b].to_f32().abs();
+            for (xv, yv) in xb.iter().zip(yb) {
+                // f16 rounding of the scale adds up to 8 * 2^-11 relative error
+                prop_assert!((xv - yv).abs() <= step * 1.01 + 1e-6, "block {b}: {xv} vs {yv}, step {step}");
+            }
+        }
+    }
+}
+
+/// A safetensors file from a raw header and data, for malformed cases the writer never makes.
+fn raw(header: serde_json::Value, data: &[u8]) -> Vec<u8> {
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+fn meta(method: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    let mut m = json!({"format": "embslim-factors", "version": "1", "method": method, "vocab": "2", "dim": "32"});
+    for (k, v) in extra {
+        m[*k] = json!(v);
+    }
+    m
+}
+
+fn dense(meta_v: serde_json::Value) -> Vec<u8> {
+    raw(json!({"__metadata__": meta_v, "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]}}), &[0u8; 256])
+}
+
+fn lowrank(decoder: &[f32], bias: &[f32]) -> Vec<u8> {
+    let (v, d, k) = (2usize, 32usize, 2usize);
+    let mut data = vec![0u8; v * k * 4];
+    data.extend(decoder.iter().flat_map(|x| x.to_le_bytes()));
+    data.extend(bias.iter().flat_map(|x| x.to_le_bytes()));
+    let (c, dd) = (v * k * 4, k * d * 4);
+    raw(
+        json!({"__metadata__": meta("svd", &[("rank", "2"), ("codes", "f32")]),
+               "codes": {"dtype": "F32", "shape": [v, k], "data_offsets": [0, c]},
+               "decoder": {"dtype": "F32", "shape": [k, d], "data_offsets": [c, c + dd]},
+               "bias": {"dtype": "F32", "shape": [d], "data_offsets": [c + dd, c + dd + d * 4]}}),
+        &data,
+    )
+}
+
+#[test]
+fn malformed_factor_files_are_rejected_by_the_rule_they_break() {
+    use FormatError as E;
+    let good = dense(meta("none", &[]));
+    assert!(format::parse(&good).is_ok(), "the baseline case must parse");
+    let mut nan_dec = vec![0.5f32; 64];
+    nan_dec[3] = f32::NAN;
+    let mut inf_bias = vec![0.0f32; 32];
+    inf_bias[31] = f32::INFINITY;
+    let mut trailing = good.clone();
+    trailing.extend([0u8; 4]);
+    let mut huge_header = good.clone();
+    huge_header[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+
+    type Check = fn(&FormatError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+        ("empty file", vec![], |e| matches!(e, E::TooShort { .. })),
+        ("header length beyond the file", huge_header, |e| matches!(e, E::HeaderBeyondFile { .. })),
+        ("header not JSON", { let mut b = 5u64.to_le_bytes().to_vec(); b.extend(b"{{{{{"); b }, |e| matches!(e, E::HeaderJson(_))),
+        ("offset out of range", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 1024]}}), &[0u8; 256]), |e| matches!(e, E::OffsetOutOfRange { .. })),
+        ("offset end before start", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [200, 100]}}), &[0u8; 256]), |e| matches!(e, E::OffsetOutOfRange { .. })),
+        ("overlapping offsets", raw(json!({"__metadata__": meta("int8", &[]), "rows": {"dtype": "I8", "shape": [2, 32], "data_offsets": [0, 64]}, "row_scale": {"dtype": "F32", "shape": [2], "data_offsets": [60, 68]}}), &[0u8; 72]), |e| matches!(e, E::Safetensors(_))),
+        ("trailing bytes", trailing, |e| matches!(e, E::Safetensors(_))),
+        ("shape product overflows", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F32", "shape": [usize::MAX / 2, 4], "data_offsets": [0, 256]}}), &[0u8; 256]), |e| matches!(e, E::Safetensors(_))),
+        ("declared dims overflow", dense(meta("none", &[("vocab", &usize::MAX.to_string()), ("dim", "4")])), |e| matches!(e, E::Overflow(_) | E::BadShape { .. })),
+        ("no metadata", raw(json!({"table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]}}), &[0u8; 256]), |e| matches!(e, E::NoMetadata)),
+        ("missing format key", dense(json!({"version": "1", "method": "none", "vocab": "2", "dim": "32"})), |e| matches!(e, E::MissingKey("format"))),
+        ("bad format name", dense(meta("none", &[("format", "gguf")])), |e| matches!(e, E::BadFormatName(_))),
+        ("past version", dense(meta("none", &[("version", "0")])), |e| matches!(e, E::UnsupportedVersion { .. })),
+        ("future version", dense(meta("none", &[("version", "2")])), |e| matches!(e, E::UnsupportedVersion { .. })),
+        ("unknown method", dense(meta("pca", &[])), |e| matches!(e, E::BadMetadata { key: "method", .. })),
+        ("vocab not a number", dense(meta("none", &[("vocab", "many")])), |e| matches!(e, E::BadMetadata { key: "vocab", .. })),
+        ("zero dim", dense(meta("none", &[("dim", "0")])), |e| matches!(e, E::BadMetadata { key: "dim", .. })),
+        ("rank not below dim", raw(json!({"__metadata__": meta("svd", &[("rank", "32"), ("codes", "f32")])}), &[]), |e| matches!(e, E::BadMetadata { key: "rank", .. })),
+        ("unknown codes dtype", raw(json!({"__metadata__": meta("svd", &[("rank", "2"), ("codes", "f8")])}), &[]), |e| matches!(e, E::BadMetadata { key: "codes", .. })),
+        ("missing tensor", raw(json!({"__metadata__": meta("none", &[])}), &[]), |e| matches!(e, E::MissingTensor("table"))),
+        ("unexpected tensor", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]}, "extra": {"dtype": "U8", "shape": [1], "data_offsets": [256, 257]}}), &[0u8; 257]), |e| matches!(e, E::UnexpectedTensor(_))),
+        ("dtype not allowed", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F64", "shape": [2, 16], "data_offsets": [0, 256]}}), &[0u8; 256]), |e| matches!(e, E::BadDtype { tensor: "table", .. })),
+        ("shape disagrees with dims", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F32", "shape": [4, 16], "data_offsets": [0, 256]}}), &[0u8; 256]), |e| matches!(e, E::BadShape { tensor: "table", .. })),
+        ("NaN in decoder", lowrank(&nan_dec, &[0.0; 32]), |e| matches!(e, E::NonFinite { tensor: "decoder", index: 3 })),
+        ("inf in bias", lowrank(&[0.5; 64], &inf_bias), |e| matches!(e, E::NonFinite { tensor: "bias", index: 31 })),
+        ("int4 dim not a multiple of 32", raw(json!({"__metadata__": meta("int4", &[("dim", "48")])}), &[]), |e| matches!(e, E::BadMetadata { key: "dim", .. })),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes, check) in &cases {
+        match format::parse(bytes) {
+            Ok(_) => failures.push(format!("{name}: accepted")),
+            Err(e) if !check(&e) => failures.push(format!("{name}: wrong rule: {e}")),
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn misaligned_tensor_is_rejected_not_cast() {
+    // rows (I8, 66 bytes) first, so row_scale (F32) starts at an odd offset.
+    let bytes = raw(
+        json!({"__metadata__": meta("int8", &[("dim", "33")]),
+               "rows": {"dtype": "I8", "shape": [2, 33], "data_offsets": [0, 66]},
+               "row_scale": {"dtype": "F32", "shape": [2], "data_offsets": [66, 74]}}),
+        &[0u8; 74],
+    );
+    // the header is padded by nothing here, so whether the data start is 4-aligned depends
+    // on its length; pad it with spaces until row_scale is misaligned in memory.
+    let mut b = bytes;
+    loop {
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let buf = b.clone();
+        // the allocation is at least 8-aligned, so 8 + n + 66 decides the alignment
+        if (8 + n + 66) % 4 != 0 {
+            match format::parse(&buf) {
+                Err(FormatError::Misaligned("row_scale")) => return,
+                other => panic!("expected Misaligned, got {other:?}"),
+            }
+        }
+        b.insert(8 + n, b' ');
+        b[..8].copy_from_slice(&((n + 1) as u64).to_le_bytes());
+    }
+}
+
+#[test]
+fn truncated_at_every_region_is_an_error_not_a_panic() {
+    let x = common::noise(3 * 64, 3);
+    for m in METHODS {
+        let (h, t) = build(m, CodesDtype::Int8, &x, 3, 64, 4);
+        let bytes = format::serialize(&h, &t.view()).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(format::parse(&bytes[..cut]).is_err(), "{m:?} truncated to {cut} bytes was accepted");
+        }
+        // one flipped byte anywhere must never panic (it may still parse)
+        for i in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            let _ = format::parse(&b).map(|f| (0..3).map(|t| f.decode_row(t, &mut [0f32; 64]).is_ok()).count());
+        }
+    }
+}
+
+#[test]
+fn non_finite_row_scale_is_reported_when_the_row_is_decoded() {
+    let x = common::noise(2 * 32, 4);
+    let (q, mut scale) = quant::int8_rows(&x, 32);
+    scale[1] = f32::NAN;
+    let h = header(Method::Int8, 2, 32, None, None);
+    let bytes = format::serialize(&h, &Table::Int8Rows { q: &q, scale: &scale }).unwrap();
+    let f = format::parse(&bytes).unwrap();
+    let mut row = [0f32; 32];
+    assert!(f.decode_row(0, &mut row).is_ok());
+    assert_eq!(f.decode_row(1, &mut row), Err(FormatError::NonFinite { tensor: "row_scale", index: 1 }));
+    assert_eq!(f.decode_row(2, &mut row), Err(FormatError::TokenOutOfRange { token: 2, vocab: 2 }));
+}
