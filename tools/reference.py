@@ -50,7 +50,8 @@ check-onnx --onnx M.onnx --data DIR [--limit 50] [--max-length 128]
 
 logreg --embeddings FILE.npy [--labels FILE.labels.txt] [--test-fraction 0.2] [--seed 0]
        [--C 0.1 1 10 100]
-    Stratified train_test_split (stratify=labels, random_state=seed), multinomial
+    Stratified split: by default embslim's own (splitmix64, identical to `embslim
+    train-head --seed`), or --split sklearn for train_test_split(stratify, random_state); multinomial
     LogisticRegression (lbfgs, max_iter=5000) for each C; prints JSON with accuracy and
     macro F1 on the held-out split per C (C=1.0 is the default/headline value).
 """
@@ -553,6 +554,33 @@ def cmd_check_onnx(a):
         sys.exit(1)
 
 
+def splitmix_split(y, test_fraction, seed):
+    """embslim's stratified split (src/train/head.rs): classes in sorted order; within a
+    class the document indices (ascending) are shuffled by Fisher-Yates from the end with
+    j = splitmix64() % (i + 1), one splitmix64 stream for the whole split; the first
+    round(fraction * n_class) go to the test set (round half away from zero, as Rust)."""
+    M = (1 << 64) - 1
+    state = [seed & M]
+
+    def nxt():
+        state[0] = (state[0] + 0x9E3779B97F4A7C15) & M
+        z = state[0]
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+    train, test = [], []
+    for c in sorted(set(y.tolist())):
+        idx = [i for i in range(len(y)) if y[i] == c]
+        for i in range(len(idx) - 1, 0, -1):
+            j = nxt() % (i + 1)
+            idx[i], idx[j] = idx[j], idx[i]
+        n_test = int(math.floor(test_fraction * len(idx) + 0.5))
+        test += idx[:n_test]
+        train += idx[n_test:]
+    return np.array(sorted(train)), np.array(sorted(test))
+
+
 def cmd_logreg(a):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
@@ -569,7 +597,11 @@ def cmd_logreg(a):
     with open(lp, encoding="utf-8") as f:
         y = np.array([line.rstrip("\n").split("\t")[0] for line in f if line.strip()])
     assert len(y) == X.shape[0], (len(y), X.shape)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=a.test_fraction, random_state=a.seed, stratify=y)
+    if a.split == "embslim":
+        tr, te = splitmix_split(y, a.test_fraction, a.seed)
+        Xtr, Xte, ytr, yte = X[tr], X[te], y[tr], y[te]
+    else:
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=a.test_fraction, random_state=a.seed, stratify=y)
     results = []
     for C in a.C:
         clf = LogisticRegression(C=C, solver="lbfgs", max_iter=5000)  # multinomial for >2 classes
@@ -581,7 +613,7 @@ def cmd_logreg(a):
     default = next((r for r in results if r["C"] == 1.0), results[0])
     print(json.dumps({"cmd": "logreg", "embeddings": a.embeddings, "labels": lp, "n": int(X.shape[0]),
                       "dim": int(X.shape[1]), "n_train": int(len(ytr)), "n_test": int(len(yte)),
-                      "classes": sorted(set(y.tolist())), "test_fraction": a.test_fraction, "seed": a.seed,
+                      "classes": sorted(set(y.tolist())), "test_fraction": a.test_fraction, "seed": a.seed, "split": a.split,
                       "accuracy": default["accuracy"], "macro_f1": default["macro_f1"], "default_C": default["C"],
                       "per_C": results}), flush=True)
 
@@ -621,6 +653,8 @@ def main():
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--C", type=float, nargs="+", default=[0.1, 1.0, 10.0, 100.0])
+    p.add_argument("--split", choices=["embslim", "sklearn"], default="embslim",
+                   help="embslim: the same splitmix64 stratified split as `embslim train-head`; sklearn: train_test_split")
     p.set_defaults(fn=cmd_logreg)
 
     a = ap.parse_args()

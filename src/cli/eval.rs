@@ -11,8 +11,9 @@ use super::output;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Bundle to evaluate.
-    pub bundle: PathBuf,
+    /// Bundles to evaluate (the reference is embedded once for all of them).
+    #[arg(required = true)]
+    pub bundles: Vec<PathBuf>,
     /// Reference bundle (e.g. the lossless one).
     #[arg(long)]
     pub reference: PathBuf,
@@ -32,6 +33,7 @@ pub struct Args {
 
 #[derive(Serialize)]
 struct EvalReport {
+    bundle: String,
     cos_mean: f64,
     cos_p5: f64,
     cos_min: f64,
@@ -46,23 +48,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let n = args.limit.unwrap_or(corpus.docs.len()).min(corpus.docs.len());
     let texts: Vec<&str> = corpus.docs[..n].iter().map(|d| d.text.as_str()).collect();
-    let bar = super::progress_bar(2 * n as u64, "embed");
-    let a = args.run.open(&args.bundle)?.embed_many(&texts, args.batch, |k| bar.set_position(k as u64))?;
-    let b = args.run.open(&args.reference)?.embed_many(&texts, args.batch, |k| bar.set_position((n + k) as u64))?;
-    bar.finish_and_clear();
-    let mut cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| embslim::pool::cosine(&x.embedding, &y.embedding)).collect();
-    let cos_min = cos.iter().fold(f32::INFINITY, |m, c| m.min(*c));
-    let report = EvalReport {
-        cos_mean: cos.iter().map(|c| f64::from(*c)).sum::<f64>() / n.max(1) as f64,
-        cos_p5: embslim::pool::percentile(&mut cos, 0.05),
-        cos_min: f64::from(cos_min),
-        n,
-        truncated: a.iter().filter(|e| e.truncated).count(),
-    };
-    if args.json {
-        output::json_line(&report)?;
-    } else {
-        output::key_value_table(&report)?;
+    let bar = super::progress_bar(n as u64, "reference");
+    let reference = args.run.open(&args.reference)?.embed_many(&texts, args.batch, |k| bar.set_position(k as u64))?;
+    for path in &args.bundles {
+        bar.set_prefix("embed");
+        bar.set_position(0);
+        let got = args.run.open(path)?.embed_many(&texts, args.batch, |k| bar.set_position(k as u64))?;
+        let mut cos: Vec<f32> = got.iter().zip(&reference).map(|(x, y)| embslim::pool::cosine(&x.embedding, &y.embedding)).collect();
+        let cos_min = cos.iter().fold(f32::INFINITY, |m, c| m.min(*c));
+        let report = EvalReport {
+            bundle: path.display().to_string(),
+            cos_mean: cos.iter().map(|c| f64::from(*c)).sum::<f64>() / n.max(1) as f64,
+            cos_p5: embslim::pool::percentile(&mut cos, 0.05),
+            cos_min: f64::from(cos_min),
+            n,
+            truncated: got.iter().filter(|e| e.truncated).count(),
+        };
+        bar.suspend(|| if args.json { output::json_line(&report) } else { output::key_value_table(&report) })?;
     }
+    bar.finish_and_clear();
     Ok(ExitCode::SUCCESS)
 }

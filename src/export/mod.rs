@@ -233,15 +233,22 @@ pub struct HeadReport {
     pub embed_seconds: f64,
     pub fit_seconds: f64,
     pub iterations: usize,
+    /// The regularization used, and its cross-validated accuracy when it was chosen.
+    pub c: f64,
+    pub cv_accuracy: Option<f64>,
     pub lossy_documents: Vec<String>,
 }
+
+/// Candidates for the head's C when it is chosen by cross-validation.
+pub const C_GRID: [f64; 4] = [0.1, 1.0, 10.0, 100.0];
 
 #[derive(Clone, Debug)]
 pub struct HeadOptions {
     pub test_fraction: f64,
     pub seed: u64,
-    /// Inverse L2 strength, as scikit-learn's C.
-    pub c: f64,
+    /// Inverse L2 strength, as scikit-learn's C; None: chosen by 5-fold cross-validation
+    /// on the training split among [`C_GRID`].
+    pub c: Option<f64>,
     pub batch: usize,
 }
 
@@ -256,7 +263,7 @@ pub fn train_head(
     mut fit_progress: impl FnMut(usize, f64, f64),
 ) -> Result<HeadReport> {
     use crate::bundle::HEAD_FILE;
-    if !(0.0..1.0).contains(&opts.test_fraction) || !(opts.c.is_finite() && opts.c > 0.0) {
+    if !(0.0..1.0).contains(&opts.test_fraction) || opts.c.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
         return Err(Error::Usage("--test-fraction must be in [0, 1) and --c positive".into()));
     }
     let k = data.labels.len();
@@ -274,7 +281,14 @@ pub fn train_head(
     };
     let (xtr, ytr) = gather(&train_idx);
     let t1 = std::time::Instant::now();
-    let fit = train::head::fit(&xtr, &ytr, k, d, opts.c, &mut fit_progress);
+    let (c, cv_accuracy) = match opts.c {
+        Some(c) => (c, None),
+        None => {
+            let (c, acc) = train::head::choose_c(&xtr, &ytr, k, d, &C_GRID, 5, opts.seed);
+            (c, Some(acc))
+        }
+    };
+    let fit = train::head::fit(&xtr, &ytr, k, d, c, &mut fit_progress);
     let fit_seconds = t1.elapsed().as_secs_f64();
     let head = crate::head::Head { labels: data.labels.clone(), weight: fit.weight, bias: fit.bias, dim: d };
     let (xte, yte) = gather(&test_idx);
@@ -294,7 +308,7 @@ pub fn train_head(
     if let Some(m) = manifest.metrics.as_object_mut() {
         m.insert("head".into(), serde_json::json!({
             "accuracy": accuracy, "macro_f1": macro_f1, "n_train": train_idx.len(), "n_test": test_idx.len(),
-            "test_fraction": opts.test_fraction, "seed": opts.seed, "c": opts.c,
+            "test_fraction": opts.test_fraction, "seed": opts.seed, "c": c,
         }));
     }
     write_bundle(bundle.dir(), &[(HEAD_FILE, &head_bytes)], &manifest, Some(bundle.dir()))?;
@@ -309,6 +323,8 @@ pub fn train_head(
         embed_seconds,
         fit_seconds,
         iterations: fit.iterations,
+        c,
+        cv_accuracy,
         lossy_documents: data.lossy.clone(),
     })
 }

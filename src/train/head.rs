@@ -185,3 +185,48 @@ pub fn scores(truth: &[usize], pred: &[usize], k: usize) -> (f64, f64, Vec<Vec<u
         / k as f64;
     (correct as f64 / truth.len().max(1) as f64, f1, cm)
 }
+
+/// Pick C from `grid` by `folds`-fold stratified cross-validation on (x, y); ties go to
+/// the smaller C (stronger regularization). Returns C and its mean validation accuracy.
+pub fn choose_c(x: &[f32], y: &[usize], k: usize, d: usize, grid: &[f64], folds: usize, seed: u64) -> (f64, f64) {
+    use rayon::prelude::*;
+    // fold of each sample: per class, shuffled and dealt round-robin
+    let mut rng = SplitMix64(seed ^ 0x5EED_C0DE);
+    let mut fold = vec![0usize; y.len()];
+    for c in 0..k {
+        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == c).collect();
+        for i in (1..idx.len()).rev() {
+            let j = (rng.next() % (i as u64 + 1)) as usize;
+            idx.swap(i, j);
+        }
+        for (n, &i) in idx.iter().enumerate() {
+            fold[i] = n % folds;
+        }
+    }
+    let jobs: Vec<(usize, usize)> = (0..grid.len()).flat_map(|g| (0..folds).map(move |f| (g, f))).collect();
+    let correct: Vec<(usize, usize)> = jobs
+        .par_iter()
+        .map(|&(g, f)| {
+            let (tr, va): (Vec<usize>, Vec<usize>) = (0..y.len()).partition(|&i| fold[i] != f);
+            let xs = |idx: &[usize]| idx.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect::<Vec<f32>>();
+            let ytr: Vec<usize> = tr.iter().map(|&i| y[i]).collect();
+            let m = fit(&xs(&tr), &ytr, k, d, grid[g], |_, _, _| {});
+            let ok = va.iter().filter(|&&i| predict(&m.weight, &m.bias, &x[i * d..(i + 1) * d], d) == y[i]).count();
+            (g, ok)
+        })
+        .collect();
+    let mut best = (grid[0], -1.0);
+    for (g, &c) in grid.iter().enumerate() {
+        let acc = correct.iter().filter(|(gg, _)| *gg == g).map(|(_, ok)| *ok).sum::<usize>() as f64 / y.len() as f64;
+        if acc > best.1 {
+            best = (c, acc);
+        }
+    }
+    best
+}
+
+/// Index of the largest logit of W x + b.
+pub fn predict(w: &[f32], b: &[f32], x: &[f32], d: usize) -> usize {
+    let logit = |j: usize| w[j * d..(j + 1) * d].iter().zip(x).map(|(a, v)| a * v).sum::<f32>() + b[j];
+    (0..b.len()).max_by(|&i, &j| logit(i).total_cmp(&logit(j))).unwrap_or(0)
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The results table: compress all-MiniLM-L6-v2 with every method at ratios 2, 3, 5, 10,
+# then measure each bundle against the lossless one (sentence cosine over BBC News at
+# 128 tokens) and train a head on each (held-out accuracy, seed 0).
+# Writes out/results/{compress,eval,head}.jsonl and prints a markdown table.
+# Usage: bash tools/results.sh [--no-heads]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash models/fetch.sh
+cargo build --locked --quiet
+bin=target/debug/embslim
+model=models/all-MiniLM-L6-v2
+res=out/results
+mkdir -p $res
+: > $res/compress.jsonl
+run() { # name args...
+  local name=$1; shift
+  $bin compress --model $model --out $res/$name --json "$@" >> $res/compress.jsonl
+  echo "$name" >&2
+}
+run none --method none
+run int8 --method int8
+run int4 --method int4
+for r in 2 3 5 10; do
+  run svd-r$r --method svd --ratio $r
+  run direction-r$r --method direction --ratio $r
+  run direction-svdinit-r$r --method direction --ratio $r --init svd
+done
+bundles=$(ls -d $res/*/ | grep -v '/none/$')
+$bin eval $bundles --reference $res/none --data models/bbc-news --max-length 128 --json > $res/eval.jsonl
+if [[ ${1:-} != --no-heads ]]; then
+  : > $res/head.jsonl
+  for b in $res/none $bundles; do
+    echo "{\"bundle\": \"${b%/}\", \"head\": $($bin train-head $b --data models/bbc-news --max-length 128 --json)}" >> $res/head.jsonl
+  done
+fi
+python3 tools/results_table.py $res
