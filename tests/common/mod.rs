@@ -86,3 +86,66 @@ pub fn noise(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Where test bundles live; shared by the host and the cross (qemu) test runs.
+pub fn bundle_dir(name: &str) -> PathBuf {
+    root().join("target/test-bundles").join(name)
+}
+
+/// Labelled training data for test heads: the first 16 BBC documents of each class,
+/// as a TSV (`label<TAB>text`, first 600 characters), so a head trains in seconds.
+pub fn small_tsv() -> PathBuf {
+    let path = root().join("target/test-bundles/bbc-small.tsv");
+    if !path.exists() {
+        let mut out = String::new();
+        for class in ["business", "entertainment", "politics", "sports", "tech"] {
+            let mut files: Vec<_> = std::fs::read_dir(bbc().join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            for f in files.iter().take(16) {
+                let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).replace(['\n', '\r', '\t'], " ");
+                let text: String = text.chars().take(600).collect();
+                out.push_str(&format!("{class}\t{text}\n"));
+            }
+        }
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, out).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// Real BBC-style headlines, written here for the classification tests.
+pub const HEADLINES: [&str; 5] = [
+    "Shares in the bank fell sharply after it reported a drop in annual profits",
+    "The film won best picture at the Oscars on Sunday night",
+    "The prime minister faces a vote in parliament over the new tax plans",
+    "The striker scored twice as the champions won the cup final",
+    "The company unveiled a faster mobile phone chip and new broadband software",
+];
+
+/// The test bundle `name` (all-MiniLM-L6-v2, int4 table, head trained on `small_tsv`).
+/// With the `train` feature it is built once by the embslim binary itself; a device
+/// build (cross tests under qemu) expects cross/test.sh to have built it on the host.
+pub fn head_bundle() -> PathBuf {
+    let dir = bundle_dir("minilm-int4-head");
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if dir.join("manifest.json").exists() && dir.join("head.safetensors").exists() {
+            return;
+        }
+        assert!(
+            cfg!(feature = "train"),
+            "{} is missing: build it on the host first (bash cross/test.sh does)",
+            dir.display()
+        );
+        let model = minilm();
+        let run = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_embslim")).args(args).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["compress", "--model", model.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--method", "int4", "--max-length", "128"]);
+        run(&["train-head", dir.to_str().unwrap(), "--data", small_tsv().to_str().unwrap(), "--c", "10", "--test-fraction", "0.25"]);
+    });
+    dir
+}

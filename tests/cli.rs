@@ -1,0 +1,191 @@
+//! The command line as scripts use it, run through $CROSS_RUNNER when set so the same
+//! tests run on emulated ARM (see tests/common/mod.rs and cross/test.sh).
+
+mod common;
+
+use common::{embslim, head_bundle, run_with_input, HEADLINES};
+use serde_json::Value;
+
+/// ARM NEON kernels sum in a different order than x86 AVX ones: sentence embeddings of
+/// the same bundle agree to about 1e-6 in cosine; 1e-4 leaves room without hiding bugs.
+const CROSS_PLATFORM_MIN_COS: f64 = 0.9999;
+
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
+
+#[test]
+fn embed_json_gives_one_line_per_input_in_order_with_error_lines() {
+    let bundle = head_bundle();
+    let mut input = Vec::new();
+    input.extend_from_slice(format!("{}\n\n", HEADLINES[0]).as_bytes()); // line 2 is empty
+    input.extend_from_slice(b"caf\xe9 au lait\n"); // line 3: Latin-1, invalid UTF-8
+    input.extend_from_slice(format!("{}\n", HEADLINES[1]).as_bytes());
+    let mut cmd = embslim();
+    cmd.arg("embed").arg(&bundle).arg("--json");
+    let out = run_with_input(cmd, &input);
+    assert_eq!(out.status.code(), Some(1), "some lines failed: exit status 1");
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 4);
+    for i in [0, 3] {
+        let e = lines[i]["embedding"].as_array().unwrap();
+        assert_eq!(e.len(), 384);
+        let norm: f64 = e.iter().map(|v| v.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "embedding norm {norm}");
+    }
+    assert_eq!(lines[1]["line"], 2);
+    assert!(lines[1]["error"].as_str().unwrap().contains("empty"));
+    assert_eq!(lines[2]["line"], 3);
+    assert!(lines[2]["error"].as_str().unwrap().contains("UTF-8"));
+}
+
+#[test]
+fn embed_all_good_lines_exits_zero_and_warns_on_truncation() {
+    let long = "word ".repeat(400);
+    let out = embslim().arg("embed").arg(head_bundle()).arg("--max-length").arg("32").arg(HEADLINES[2]).arg(&long).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2: input truncated to 32 tokens"), "{err}");
+}
+
+#[test]
+fn classify_json_prints_label_score_and_all_scores() {
+    let out = embslim().arg("classify").arg(head_bundle()).arg("--json").args(HEADLINES).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out.stdout);
+    let labels: Vec<&str> = lines.iter().map(|l| l["label"].as_str().unwrap()).collect();
+    eprintln!("headline labels: {labels:?}");
+    assert_eq!(labels, ["business", "entertainment", "politics", "sports", "tech"]);
+    for l in &lines {
+        let scores = l["scores"].as_object().unwrap();
+        assert_eq!(scores.len(), 5);
+        let total: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+        assert_eq!(l["score"], scores[l["label"].as_str().unwrap()]);
+    }
+}
+
+#[test]
+fn classify_streams_stdin_in_order_with_top_k() {
+    let mut cmd = embslim();
+    cmd.arg("classify").arg(head_bundle()).arg("--top").arg("2");
+    let input = format!("{}\n{}\n", HEADLINES[3], HEADLINES[0]);
+    let out = run_with_input(cmd, input.as_bytes());
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0][0], rows[1][0]), ("sports", "business"));
+    assert_eq!(rows[0].len(), 4, "label, score, second label, score");
+}
+
+#[test]
+fn classify_without_a_head_says_what_to_do() {
+    let bundle = head_bundle();
+    let tmp = tempfile::tempdir().unwrap();
+    let nohead = tmp.path().join("nohead");
+    std::fs::create_dir(&nohead).unwrap();
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    manifest.as_object_mut().unwrap().remove("labels");
+    manifest["files"].as_object_mut().unwrap().remove("head.safetensors");
+    for f in ["body.onnx", "factors.safetensors", "tokenizer.json"] {
+        std::fs::copy(bundle.join(f), nohead.join(f)).unwrap();
+    }
+    std::fs::write(nohead.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let out = embslim().arg("classify").arg(&nohead).arg("hello").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no classification head") && err.contains("train-head"), "{err}");
+}
+
+#[test]
+fn a_closed_stdout_stops_quietly() {
+    // `embslim embed ... | head -n 1`: the reader leaves after one line
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut child = embslim()
+        .arg("embed")
+        .arg(head_bundle())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..200 {
+            if stdin.write_all(b"a short line of text\n").is_err() {
+                break;
+            }
+        }
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    // stdout is dropped here: the pipe is closed
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn a_tampered_bundle_is_refused_naming_the_file() {
+    let bundle = head_bundle();
+    let tmp = tempfile::tempdir().unwrap();
+    for (victim, needle) in [("factors.safetensors", "sha256"), ("tokenizer.json", "missing from the bundle"), ("body.onnx", "bytes but the manifest says")] {
+        let b = tmp.path().join(victim.replace('.', "_"));
+        std::fs::create_dir(&b).unwrap();
+        for f in std::fs::read_dir(&bundle).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, b.join(f.file_name().unwrap())).unwrap();
+        }
+        let p = b.join(victim);
+        match needle {
+            "sha256" => {
+                let mut bytes = std::fs::read(&p).unwrap();
+                let n = bytes.len();
+                bytes[n - 3] ^= 1;
+                std::fs::write(&p, bytes).unwrap();
+            }
+            "missing from the bundle" => std::fs::remove_file(&p).unwrap(),
+            _ => {
+                let mut bytes = std::fs::read(&p).unwrap();
+                bytes.truncate(bytes.len() - 10);
+                std::fs::write(&p, bytes).unwrap();
+            }
+        }
+        let out = embslim().arg("embed").arg(&b).arg("hello").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{victim}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(victim) && err.contains(needle), "{victim}: {err}");
+    }
+}
+
+/// Host and emulated ARM agree: the host run records its embeddings of the headlines;
+/// a run under $CROSS_RUNNER compares against them.
+#[test]
+fn embeddings_agree_with_the_host_run() {
+    let bundle = head_bundle();
+    let golden = common::bundle_dir("host-headline-embeddings.json");
+    let out = embslim().arg("embed").arg(&bundle).arg("--json").args(HEADLINES).output().unwrap();
+    assert!(out.status.success());
+    let got: Vec<Vec<f64>> = json_lines(&out.stdout)
+        .iter()
+        .map(|l| l["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+        .collect();
+    let cross = std::env::var("CROSS_RUNNER").map(|r| !r.trim().is_empty()).unwrap_or(false);
+    if !cross {
+        std::fs::write(&golden, serde_json::to_vec(&got).unwrap()).unwrap();
+        return;
+    }
+    let want: Vec<Vec<f64>> = serde_json::from_slice(&std::fs::read(&golden).expect("run the host tests first (cross/test.sh does)")).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let dot: f64 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+        let n = (g.iter().map(|a| a * a).sum::<f64>() * w.iter().map(|a| a * a).sum::<f64>()).sqrt();
+        let max_abs = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        eprintln!("headline {i}: cosine to host {:.9}, max abs diff {max_abs:e}", dot / n);
+        assert!(dot / n >= CROSS_PLATFORM_MIN_COS, "headline {i}: cosine {} to the host", dot / n);
+    }
+}
