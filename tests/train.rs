@@ -239,3 +239,20 @@ fn onnx_source_is_found_by_walking_the_graph() {
     hf.read_rows(1000, &mut b);
     assert!(a.iter().all(|v| v.is_finite()) && a != b);
 }
+
+#[test]
+fn svd_init_starts_from_the_svd_solution() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (v, d, k) = (400, 24, 5);
+    let model = tmp.path().join("m");
+    common::write_checkpoint(&model, "embeddings.word_embeddings.weight", v, d, &common::noise(v * d, 31));
+    let (_, svd) = compress_table(&model, &opts(Method::Svd, k)).unwrap();
+    // zero epochs is refused; one epoch at a tiny learning rate stays at the SVD point
+    let o = CompressOptions { init_svd: true, epochs: 1, lr: 1e-9, ..opts(Method::Direction, k) };
+    let (_, init) = compress_table(&model, &o).unwrap();
+    assert!((init.token_cos_mean - svd.token_cos_mean).abs() < 1e-4, "svd {} vs svd-initialised autoencoder {}", svd.token_cos_mean, init.token_cos_mean);
+    // and training from there improves the direction objective's cosine
+    let o = CompressOptions { init_svd: true, epochs: 6, ..opts(Method::Direction, k) };
+    let (_, trained) = compress_table(&model, &o).unwrap();
+    assert!(trained.token_cos_mean > svd.token_cos_mean, "{} <= {}", trained.token_cos_mean, svd.token_cos_mean);
+}

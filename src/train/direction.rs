@@ -64,7 +64,7 @@ impl Params {
 
     pub fn from_svd(vk: &Array2<f32>) -> Self {
         let (d, k) = vk.dim();
-        Params { a: vk.clone(), a_b: vec![0.0; k], w: vk.t().to_owned(), w_b: vec![0.0; d] }
+        Params { a: vk.as_standard_layout().into_owned(), a_b: vec![0.0; k], w: vk.t().as_standard_layout().into_owned(), w_b: vec![0.0; d] }
     }
 
     fn zeros_like(&self) -> Self {
