@@ -1,6 +1,7 @@
 //! The factor file: write -> read round trips for every method and dtype (property
 //! tests), and a malformed-file table with one case per validation rule (as llama.cpp's
 //! tests/test-gguf.cpp does for GGUF).
+#![cfg(feature = "train")] // builds tables with embslim::train::quant
 
 mod common;
 

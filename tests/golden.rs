@@ -163,3 +163,40 @@ fn embedding_a_sentence_touches_a_small_fraction_of_the_factor_file() {
     // 12 tokens touch at most 24 pages of rows plus the header page: far below 1 %
     assert!(after * 100 < size, "resident {after} of {size} bytes after one sentence");
 }
+
+/// SVD is deterministic math: the token-level metrics must agree with numpy's
+/// float64 np.linalg.svd (tools/reference.py) to 1e-4.
+const SVD_METRIC_TOL: f64 = 1e-4;
+
+#[test]
+fn svd_metrics_agree_with_numpy() {
+    use embslim::format::Factors;
+    use embslim::train::{self, source::SourceTable};
+    let src = SourceTable::open(&common::minilm()).unwrap();
+    let rank = 37;
+    let c = train::compress(&src, &CompressOptions { method: Method::Svd, rank: Some(rank), ..CompressOptions::default() }, |_| {}).unwrap();
+    let tok = embslim::tokenize::Tokenizer::from_file(&common::minilm().join("tokenizer.json"), None).unwrap();
+    let freq = train::token_frequencies(&tok, &embslim::corpus::load(&common::bbc()).unwrap(), src.vocab).unwrap();
+    let m = train::token_metrics(&src, &Factors { header: c.header.clone(), table: c.table.view() }, Some(&freq)).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(common::root().join("tools/reference.py"))
+        .args(["svd", "--model"])
+        .arg(common::minilm())
+        .args(["--rank", &rank.to_string(), "--corpus"])
+        .arg(common::bbc())
+        .output()
+        .expect("python3 runs tools/reference.py");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    for (name, ours) in [
+        ("token_cos_mean", m.token_cos_mean),
+        ("token_cos_p5", m.token_cos_p5),
+        ("token_cos_weighted", m.token_cos_weighted.unwrap()),
+        ("rmse", m.rmse),
+        ("norm_ratio", m.norm_ratio),
+    ] {
+        let theirs = r[name].as_f64().unwrap();
+        eprintln!("{name}: embslim {ours:.9} numpy {theirs:.9}");
+        assert!((ours - theirs).abs() <= SVD_METRIC_TOL, "{name}: {ours} vs numpy {theirs}");
+    }
+}

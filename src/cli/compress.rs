@@ -54,6 +54,10 @@ pub struct Args {
     /// Longest input in tokens (default: the model's sentence-transformers setting, else 128).
     #[arg(long)]
     max_length: Option<usize>,
+    /// Write only factors.safetensors (no body, no tokenizer): trainer experiments, and
+    /// tables too large to deploy.
+    #[arg(long)]
+    table_only: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -94,7 +98,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bar.set_message(format!("loss {:.5} cos {:.4} lr {:.2e} alpha {:.2}", s.loss, s.cos_mean, s.lr, s.alpha));
         }
     };
-    let report = export::compress_bundle(&args.model, &args.out, &opts, on_progress, |w| bar.suspend(|| eprintln!("{w}")))
+    let warn = |w: String| bar.suspend(|| eprintln!("{w}"));
+    let report = if args.table_only {
+        export::compress_table_only(&args.model, &args.out, &opts, on_progress, warn)
+    } else {
+        export::compress_bundle(&args.model, &args.out, &opts, on_progress, warn)
+    }
         .with_context(|| format!("compressing {}", args.model.display()))?;
     bar.finish_and_clear();
     if args.json {

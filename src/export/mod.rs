@@ -41,7 +41,8 @@ pub struct Report {
     pub method: String,
     pub rank: Option<usize>,
     pub codes: Option<String>,
-    pub weights: String,
+    /// Body weight scheme; null for `--table-only`.
+    pub weights: Option<String>,
     pub vocab: usize,
     pub dim: usize,
     pub ratio_params: f64,
@@ -52,9 +53,9 @@ pub struct Report {
     pub best_epoch: Option<usize>,
     /// Bytes of the factor file.
     pub bytes: u64,
-    pub body_bytes: u64,
+    pub body_bytes: Option<u64>,
     /// Sum of all files of the bundle.
-    pub bundle_bytes: u64,
+    pub bundle_bytes: Option<u64>,
     pub out: PathBuf,
 }
 
@@ -114,30 +115,8 @@ pub fn compress_bundle(
         None => sentence_max_len(&dir).unwrap_or(128).min(default_len),
     };
 
-    let freq = match &opts.corpus {
-        Some(c) => {
-            let corpus = corpus::load(c)?;
-            if let Some(w) = corpus.lossy_warning() {
-                warn(w);
-            }
-            Some(train::token_frequencies(&tok, &corpus, src.vocab)?)
-        }
-        None => None,
-    };
-    let c = train::compress(&src, &opts.table, &mut progress)?;
-    let view = Factors { header: c.header.clone(), table: c.table.view() };
-    let metrics = train::token_metrics(&src, &view, freq.as_deref())?;
-    let mut header = c.header.clone();
-    header.metrics = serde_json::json!({
-        "token_cos_mean": metrics.token_cos_mean,
-        "token_cos_p5": metrics.token_cos_p5,
-        "token_cos_weighted": metrics.token_cos_weighted,
-        "rmse": metrics.rmse,
-        "norm_ratio": metrics.norm_ratio,
-        "train_seconds": c.train_seconds,
-        "best_epoch": c.best_epoch,
-    });
-    let factors = format::serialize(&header, &c.table.view()).map_err(|source| Error::Factors { path: out.join(FACTORS_FILE), source })?;
+    let t = compress_factors(&src, opts, Some(&tok), &mut progress, &mut warn)?;
+    let (header, factors) = (&t.header, &t.bytes);
 
     let files: Vec<(&str, &[u8])> = vec![(BODY_FILE, &body), (FACTORS_FILE, &factors), (TOKENIZER_FILE, &tok_bytes)];
     let manifest = Manifest {
@@ -158,26 +137,109 @@ pub fn compress_bundle(
     };
     write_bundle(out, &files, &manifest, None)?;
 
-    let original = (src.vocab * src.dim) as f64;
     let bundle_bytes = files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + manifest_bytes(&manifest)?.len() as u64;
-    Ok(Report {
-        model: model.display().to_string(),
-        method: header.method.name().to_string(),
-        rank: header.rank,
-        codes: header.codes.map(|c| c.name().to_string()),
-        weights: opts.weights.name().to_string(),
-        vocab: src.vocab,
-        dim: src.dim,
-        ratio_params: original / view.param_count() as f64,
-        ratio_bytes: original * 4.0 / factors.len() as f64,
+    Ok(t.report(model, out, Some((opts.weights, body.len() as u64, bundle_bytes))))
+}
+
+/// A compressed table, serialized, with what is known about it.
+struct TableOut {
+    header: crate::format::Header,
+    bytes: Vec<u8>,
+    metrics: train::TokenMetrics,
+    param_count: usize,
+    train_seconds: f64,
+    best_epoch: Option<usize>,
+    vocab: usize,
+    dim: usize,
+}
+
+impl TableOut {
+    fn report(&self, model: &Path, out: &Path, body: Option<(WeightScheme, u64, u64)>) -> Report {
+        let original = (self.vocab * self.dim) as f64;
+        Report {
+            model: model.display().to_string(),
+            method: self.header.method.name().to_string(),
+            rank: self.header.rank,
+            codes: self.header.codes.map(|c| c.name().to_string()),
+            weights: body.map(|b| b.0.name().to_string()),
+            vocab: self.vocab,
+            dim: self.dim,
+            ratio_params: original / self.param_count as f64,
+            ratio_bytes: original * 4.0 / self.bytes.len() as f64,
+            metrics: self.metrics.clone(),
+            train_seconds: self.train_seconds,
+            best_epoch: self.best_epoch,
+            bytes: self.bytes.len() as u64,
+            body_bytes: body.map(|b| b.1),
+            bundle_bytes: body.map(|b| b.2),
+            out: out.to_path_buf(),
+        }
+    }
+}
+
+/// Compress the table of `src` and measure it (token metrics, weighted by the corpus
+/// when one is given).
+fn compress_factors(
+    src: &SourceTable,
+    opts: &BundleOptions,
+    tok: Option<&Tokenizer>,
+    progress: &mut impl FnMut(Progress<'_>),
+    warn: &mut impl FnMut(String),
+) -> Result<TableOut> {
+    let freq = match (&opts.corpus, tok) {
+        (Some(c), Some(tok)) => {
+            let corpus = corpus::load(c)?;
+            if let Some(w) = corpus.lossy_warning() {
+                warn(w);
+            }
+            Some(train::token_frequencies(tok, &corpus, src.vocab)?)
+        }
+        _ => None,
+    };
+    let c = train::compress(src, &opts.table, progress)?;
+    let view = Factors { header: c.header.clone(), table: c.table.view() };
+    let metrics = train::token_metrics(src, &view, freq.as_deref())?;
+    let mut header = c.header.clone();
+    header.metrics = serde_json::json!({
+        "token_cos_mean": metrics.token_cos_mean,
+        "token_cos_p5": metrics.token_cos_p5,
+        "token_cos_weighted": metrics.token_cos_weighted,
+        "rmse": metrics.rmse,
+        "norm_ratio": metrics.norm_ratio,
+        "train_seconds": c.train_seconds,
+        "best_epoch": c.best_epoch,
+    });
+    let bytes = format::serialize(&header, &c.table.view()).map_err(|source| Error::Factors { path: FACTORS_FILE.into(), source })?;
+    Ok(TableOut {
+        header,
+        bytes,
         metrics,
+        param_count: view.param_count(),
         train_seconds: c.train_seconds,
         best_epoch: c.best_epoch,
-        bytes: factors.len() as u64,
-        body_bytes: body.len() as u64,
-        bundle_bytes,
-        out: out.to_path_buf(),
+        vocab: src.vocab,
+        dim: src.dim,
     })
+}
+
+/// Compress only the table of `model` into `out/factors.safetensors` (no body, no
+/// tokenizer needed unless a corpus weights the metrics): for trainer experiments and
+/// tables too large to deploy.
+pub fn compress_table_only(
+    model: &Path,
+    out: &Path,
+    opts: &BundleOptions,
+    mut progress: impl FnMut(Progress<'_>),
+    mut warn: impl FnMut(String),
+) -> Result<Report> {
+    let src = SourceTable::open(model)?;
+    let tok_path = opts.tokenizer.clone().unwrap_or_else(|| model_dir(model).join(TOKENIZER_FILE));
+    // without a tokenizer the corpus-weighted cosine is unknown (reported as null)
+    let tok = if opts.corpus.is_some() && tok_path.is_file() { Some(Tokenizer::from_file(&tok_path, None)?) } else { None };
+    let t = compress_factors(&src, opts, tok.as_ref(), &mut progress, &mut warn)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::fsutil::write_atomic(&out.join(FACTORS_FILE), &t.bytes)?;
+    Ok(t.report(model, out, None))
 }
 
 /// max_seq_length from a sentence-transformers sentence_bert_config.json, if present.

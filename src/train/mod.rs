@@ -231,7 +231,7 @@ pub fn compress(src: &SourceTable, opts: &CompressOptions, mut progress: impl Fn
         dim: d,
         rank,
         codes: rank.map(|_| opts.codes),
-        source_sha256: src.sha256(),
+        source_sha256: src.sha256()?,
         metrics: serde_json::Value::Null,
     };
     Ok(Compressed { header, table, train_seconds: t0.elapsed().as_secs_f64(), best_epoch })

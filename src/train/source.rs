@@ -159,9 +159,10 @@ impl SourceTable {
         Ok(())
     }
 
-    /// sha256 of the file holding the table.
-    pub fn sha256(&self) -> String {
-        crate::fsutil::sha256_bytes(self.map.bytes())
+    /// sha256 of the file holding the table, read with plain reads so that a table
+    /// larger than memory does not become resident in this process.
+    pub fn sha256(&self) -> Result<String> {
+        Ok(crate::fsutil::sha256_file(&self.file)?.0)
     }
 }
 

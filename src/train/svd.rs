@@ -3,7 +3,8 @@
 //! singular vectors, and the codes U_k S_k = X V_k are computed in a second streaming pass.
 //! Memory is O(d^2 + chunk * d) besides the codes, so tables larger than RAM work.
 
-use faer::{Mat, Side};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par, Side};
 use ndarray::{linalg::general_mat_mul, Array2, ArrayView2};
 
 use super::source::SourceTable;
@@ -16,7 +17,8 @@ pub const CHUNK_ROWS: usize = 4096;
 /// matrix (column j is the j-th singular vector, in decreasing order), and the singular values.
 pub fn top_right_singular(src: &SourceTable, k: usize, mut progress: impl FnMut(usize)) -> Result<(Array2<f32>, Vec<f64>)> {
     let d = src.dim;
-    let mut gram = Array2::<f64>::zeros((d, d));
+    let mut gram = Mat::<f64>::zeros(d, d);
+    let mut chunk = Mat::<f64>::zeros(CHUNK_ROWS, d);
     let mut buf = vec![0f32; CHUNK_ROWS * d];
     let mut start = 0;
     while start < src.vocab {
@@ -24,14 +26,19 @@ pub fn top_right_singular(src: &SourceTable, k: usize, mut progress: impl FnMut(
         let rows = &mut buf[..n * d];
         src.read_rows(start, rows);
         src.check_finite(rows, start)?;
-        let c = ArrayView2::from_shape((n, d), &rows[..]).expect("chunk shape").mapv(f64::from);
-        general_mat_mul(1.0, &c.t(), &c, 1.0, &mut gram);
+        for (i, row) in rows.chunks_exact(d).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                chunk[(i, j)] = f64::from(*v);
+            }
+        }
+        let c = chunk.as_ref().subrows(0, n);
+        // faer's blocked, multithreaded f64 GEMM: the Gram pass is V d^2 multiply-adds
+        matmul(gram.as_mut(), Accum::Add, c.transpose(), c, 1.0, Par::rayon(0));
         src.release_rows(start, n);
         start += n;
         progress(start);
     }
-    let g = Mat::<f64>::from_fn(d, d, |i, j| gram[[i, j]]);
-    let eig = g
+    let eig = gram
         .self_adjoint_eigen(Side::Lower)
         .map_err(|e| Error::model(&src.file, format!("eigendecomposition of the Gram matrix failed: {e:?}")))?;
     let (u, s) = (eig.U(), eig.S());

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build the device binary (no `train` feature) for TARGET and leave it at
+# target/TARGET/release/embslim (target/TARGET/debug/embslim with --profile dev).
+# Installs what it needs: Debian cross gcc + qemu-user-static, the rustup target.
+#
+#   bash cross/build.sh aarch64-unknown-linux-gnu
+#   bash cross/build.sh armv7-unknown-linux-gnueabihf
+#   bash cross/build.sh aarch64-unknown-linux-musl      # static: also runs from an Android shell
+#   ANDROID_NDK_HOME=... bash cross/build.sh aarch64-linux-android   # untested here
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+[ $# -ge 1 ] || die "usage: cross/build.sh TARGET [--profile release|dev]"
+TARGET="$1"
+shift
+PROFILE=release
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) PROFILE="${2:?--profile needs release or dev}"; shift 2 ;;
+        --profile=*) PROFILE="${1#--profile=}"; shift ;;
+        *) die "unknown option $1" ;;
+    esac
+done
+check_target "$TARGET"
+case "$PROFILE" in release) DIR=release ;; dev) DIR=debug ;; *) die "profile must be release or dev" ;; esac
+
+case "$TARGET" in
+    *-android*) setup_android "$TARGET" ;;
+    *) ensure_apt "$TARGET" ;;
+esac
+ensure_rust_target "$TARGET"
+
+cd "$ROOT"
+start=$(date +%s)
+cargo build --locked --bin embslim --no-default-features --profile "$PROFILE" --target "$TARGET"
+secs=$(( $(date +%s) - start ))
+
+mkdir -p "target/$TARGET/$DIR"
+cp "$CARGO_TARGET_DIR/$TARGET/$DIR/embslim" "target/$TARGET/$DIR/embslim.tmp"
+mv "target/$TARGET/$DIR/embslim.tmp" "target/$TARGET/$DIR/embslim"
+out="target/$TARGET/$DIR/embslim"
+bytes=$(stat -c %s "$out")
+echo "cross: $out ($PROFILE, built in ${secs}s): $bytes bytes ($(awk -v b="$bytes" 'BEGIN{printf "%.2f MiB", b/1048576}'))"
+if [ "$PROFILE" = release ] && command -v file >/dev/null; then
+    file -b "$out" | sed 's/^/cross: /'
+fi
