@@ -21,6 +21,8 @@ pub const BODY_FILE: &str = "body.onnx";
 pub const FACTORS_FILE: &str = "factors.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const HEAD_FILE: &str = "head.safetensors";
+/// Every file a bundle directory may hold.
+pub const BUNDLE_FILES: [&str; 5] = [BODY_FILE, FACTORS_FILE, TOKENIZER_FILE, HEAD_FILE, MANIFEST_FILE];
 
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
@@ -59,7 +61,13 @@ pub struct Bundle {
 impl Bundle {
     pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Self> {
         let manifest = read_manifest(dir)?;
-        for name in [BODY_FILE, FACTORS_FILE, TOKENIZER_FILE].into_iter().chain(manifest.labels.as_ref().map(|_| HEAD_FILE)) {
+        // the files every bundle needs first (a missing one is named as such), then any
+        // other file the manifest lists: every listed file is checked, none is trusted
+        let required = [BODY_FILE, FACTORS_FILE, TOKENIZER_FILE].into_iter().chain(manifest.labels.as_ref().map(|_| HEAD_FILE));
+        for name in required.clone() {
+            verify_file(dir, &manifest, name)?;
+        }
+        for name in manifest.files.keys().filter(|n| !required.clone().any(|r| r == n.as_str())) {
             verify_file(dir, &manifest, name)?;
         }
         // hashing read the whole factor file; forget it so residency reflects inference
@@ -126,21 +134,33 @@ impl Bundle {
         format::parse(self.factors.bytes()).map_err(|source| Error::Factors { path: self.factors.path().to_path_buf(), source })
     }
 
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// Sentence embeddings of `texts`, run through the body as one padded batch.
     pub fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Embedded>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
         let enc = texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+        self.embed_encoded(&enc)
+    }
+
+    /// Sentence embeddings of already tokenized inputs, as one padded batch.
+    pub fn embed_encoded(&self, enc: &[crate::tokenize::Encoded]) -> Result<Vec<Embedded>> {
+        if enc.is_empty() {
+            return Ok(Vec::new());
+        }
         let seq = enc.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
         let d = self.manifest.dim;
         let factors = self.factors()?;
         let mut batch = BodyBatch {
-            batch: texts.len(),
+            batch: enc.len(),
             seq,
-            embeds: vec![0f32; texts.len() * seq * d],
-            mask: vec![0i64; texts.len() * seq],
-            type_ids: vec![0i64; texts.len() * seq],
+            embeds: vec![0f32; enc.len() * seq * d],
+            mask: vec![0i64; enc.len() * seq],
+            type_ids: vec![0i64; enc.len() * seq],
         };
         for (b, e) in enc.iter().enumerate() {
             embed::decode_tokens(&factors, &e.ids, &mut batch.embeds[b * seq * d..(b * seq + e.ids.len()) * d])
@@ -152,7 +172,7 @@ impl Bundle {
         }
         let mask = batch.mask.clone();
         let hidden = self.encoder.run(batch).map_err(Error::Inference)?;
-        let pooled = pool::mean_pool(&hidden, &mask, texts.len(), seq, d, self.manifest.normalize);
+        let pooled = pool::mean_pool(&hidden, &mask, enc.len(), seq, d, self.manifest.normalize);
         Ok(pooled
             .into_iter()
             .zip(enc)
@@ -201,29 +221,63 @@ impl Bundle {
     }
 }
 
+/// Largest manifest.json accepted: a real one is a few kilobytes; the limit keeps a
+/// hostile file from being read into memory whole.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
 /// Read and check manifest.json of the bundle at `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+    let not_found = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound if !dir.is_dir() => Error::bundle(dir, "no such bundle directory"),
+        std::io::ErrorKind::NotFound => Error::bundle(&path, "missing: not a bundle directory (or an unfinished one)"),
         _ => Error::io(&path, e),
-    })?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::bundle(&path, format!("not a valid manifest: {e}")))?;
+    };
+    let len = std::fs::metadata(&path).map_err(not_found)?.len();
+    if len > MAX_MANIFEST_BYTES {
+        return Err(Error::bundle(&path, format!("is {len} bytes, over the {MAX_MANIFEST_BYTES}-byte limit for a manifest")));
+    }
+    let bytes = std::fs::read(&path).map_err(not_found)?;
+    parse_manifest(&bytes, &path)
+}
+
+/// Parse and check manifest bytes against every rule of the bundle format; `path` is
+/// only used in error messages.
+pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::bundle(path, format!("not a valid manifest: {e}")))?;
     if m.format != BUNDLE_FORMAT {
-        return Err(Error::bundle(&path, format!("format is '{}', expected '{BUNDLE_FORMAT}'", m.format)));
+        return Err(Error::bundle(path, format!("format is '{}', expected '{BUNDLE_FORMAT}'", m.format)));
     }
     if m.version != BUNDLE_VERSION {
-        return Err(Error::bundle(&path, format!("bundle version {} is not supported (this build reads version {BUNDLE_VERSION})", m.version)));
+        return Err(Error::bundle(path, format!("bundle version {} is not supported (this build reads version {BUNDLE_VERSION})", m.version)));
     }
     if m.vocab == 0 || m.dim == 0 || m.max_length == 0 {
-        return Err(Error::bundle(&path, "vocab, dim and max_length must be positive"));
+        return Err(Error::bundle(path, "vocab, dim and max_length must be positive"));
     }
     if m.pooling != "mean" {
-        return Err(Error::bundle(&path, format!("pooling '{}' is not supported (only 'mean')", m.pooling)));
+        return Err(Error::bundle(path, format!("pooling '{}' is not supported (only 'mean')", m.pooling)));
     }
     if let Some(labels) = &m.labels {
         if labels.len() < 2 {
-            return Err(Error::bundle(&path, "a head needs at least two labels"));
+            return Err(Error::bundle(path, "a head needs at least two labels"));
+        }
+        if let Some(i) = labels.iter().position(|l| l.trim().is_empty()) {
+            return Err(Error::bundle(path, format!("label {i} is empty")));
+        }
+        let mut sorted: Vec<&String> = labels.iter().collect();
+        sorted.sort();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::bundle(path, format!("label '{}' appears twice", w[0])));
+        }
+    }
+    for (name, entry) in &m.files {
+        if name == MANIFEST_FILE || !BUNDLE_FILES.contains(&name.as_str()) {
+            let known = BUNDLE_FILES[..4].join(", ");
+            return Err(Error::bundle(path, format!("lists '{name}', which is not a bundle file ({known})")));
+        }
+        let hex = entry.sha256.len() == 64 && entry.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err(Error::bundle(path, format!("sha256 of {name} is not 64 lowercase hex digits")));
         }
     }
     Ok(m)

@@ -27,6 +27,9 @@ use serde::{Deserialize, Serialize};
 
 pub const FORMAT_NAME: &str = "embslim-factors";
 pub const FORMAT_VERSION: u32 = 1;
+/// Largest JSON header accepted (the safetensors limit): the header is parsed into
+/// memory, so a hostile length must not turn into a huge allocation.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Values per 4-bit block; each block has one f16 scale.
 pub const Q4_BLOCK: usize = 32;
 
@@ -97,6 +100,8 @@ pub enum FormatError {
     TooShort { len: usize },
     #[error("header length {header} exceeds the file size {len}")]
     HeaderBeyondFile { header: u64, len: usize },
+    #[error("header is {header} bytes, over the {MAX_HEADER_BYTES}-byte limit")]
+    HeaderTooLarge { header: u64 },
     #[error("header is not valid JSON: {0}")]
     HeaderJson(String),
     #[error("tensor '{tensor}': data offsets {start}..{end} are outside the {data_len} data bytes")]
@@ -127,6 +132,8 @@ pub enum FormatError {
     Misaligned(&'static str),
     #[error("tensor '{tensor}' holds a non-finite value at index {index}")]
     NonFinite { tensor: &'static str, index: usize },
+    #[error("row_of_token maps token {token} to row {row}, outside the table")]
+    BadRowOrder { token: usize, row: usize },
     #[error("token id {token} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { token: usize, vocab: usize },
 }
@@ -141,6 +148,8 @@ pub struct Header {
     pub rank: Option<usize>,
     /// Storage of the codes of a factorized table.
     pub codes: Option<CodesDtype>,
+    /// Rows stored in corpus-frequency order, with a `row_of_token` tensor.
+    pub frequency_order: bool,
     /// sha256 of the checkpoint the table was read from.
     pub source_sha256: String,
     /// Training and evaluation metrics (free-form JSON object).
@@ -168,6 +177,9 @@ pub enum Table<'a> {
 pub struct Factors<'a> {
     pub header: Header,
     pub table: Table<'a>,
+    /// `row_of_token[t]`: the stored row of token t when rows are kept in corpus-frequency
+    /// order (frequent tokens share pages, so a mapped file stays mostly cold).
+    pub row_of_token: Option<&'a [u32]>,
 }
 
 impl<'a> Factors<'a> {
@@ -184,6 +196,13 @@ impl<'a> Factors<'a> {
         if token >= v {
             return Err(FormatError::TokenOutOfRange { token, vocab: v });
         }
+        let token = match self.row_of_token {
+            Some(rows) => match rows[token] as usize {
+                r if r < v => r,
+                r => return Err(FormatError::BadRowOrder { token, row: r }),
+            },
+            None => token,
+        };
         debug_assert_eq!(out.len(), d);
         let row = |len: usize| token * len..(token + 1) * len;
         match self.table {
@@ -293,7 +312,7 @@ pub fn parse(bytes: &[u8]) -> Result<Factors<'_>, FormatError> {
         Method::Svd | Method::Direction => &["codes", "codes_scale", "decoder", "bias"],
     };
     for name in st.names() {
-        if !allowed.contains(&name.as_str()) {
+        if !allowed.contains(&name.as_str()) && !(header.frequency_order && name == "row_of_token") {
             return Err(FormatError::UnexpectedTensor(name.clone()));
         }
     }
@@ -336,7 +355,8 @@ pub fn parse(bytes: &[u8]) -> Result<Factors<'_>, FormatError> {
         }
     };
     let _ = vd;
-    Ok(Factors { header, table })
+    let row_of_token = if header.frequency_order { Some(cast::<u32>(&st, "row_of_token", Dtype::U32, &[v])?) } else { None };
+    Ok(Factors { header, table, row_of_token })
 }
 
 /// safetensors adds the data end to the header size without overflow checks; reject
@@ -353,6 +373,9 @@ fn precheck_offsets(bytes: &[u8]) -> Result<(), FormatError> {
         .and_then(|n| n.checked_add(8))
         .filter(|end| *end <= bytes.len())
         .ok_or(FormatError::HeaderBeyondFile { header: n, len: bytes.len() })?;
+    if n > MAX_HEADER_BYTES {
+        return Err(FormatError::HeaderTooLarge { header: n });
+    }
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&bytes[8..data_start]).map_err(|e| FormatError::HeaderJson(e.to_string()))?;
     let data_len = bytes.len() - data_start;
@@ -421,7 +444,12 @@ fn parse_header(meta: &HashMap<String, String>) -> Result<Header, FormatError> {
         })?,
         None => serde_json::Value::Null,
     };
-    Ok(Header { method, vocab, dim, rank, codes, source_sha256, metrics })
+    let frequency_order = match meta.get("row_order").map(String::as_str) {
+        None | Some("token") => false,
+        Some("frequency") => true,
+        Some(other) => return Err(FormatError::BadMetadata { key: "row_order", value: other.to_string(), why: "expected token or frequency" }),
+    };
+    Ok(Header { method, vocab, dim, rank, codes, frequency_order, source_sha256, metrics })
 }
 
 trait Elem: bytemuck::Pod {
@@ -439,6 +467,9 @@ impl Elem for i8 {
 impl Elem for u8 {
     const DTYPE: Dtype = Dtype::U8;
 }
+impl Elem for u32 {
+    const DTYPE: Dtype = Dtype::U32;
+}
 
 fn dtype_name(d: Dtype) -> &'static str {
     match d {
@@ -446,6 +477,7 @@ fn dtype_name(d: Dtype) -> &'static str {
         Dtype::F16 => "F16",
         Dtype::I8 => "I8",
         Dtype::U8 => "U8",
+        Dtype::U32 => "U32",
         _ => "other",
     }
 }
@@ -488,7 +520,32 @@ pub enum OwnedCodes {
     Int8 { q: Vec<i8>, scale: Vec<f32> },
 }
 
+/// Reorder the rows of a row-major buffer: new row i is old row `order[i]`.
+fn permute<T: Copy>(xs: &[T], width: usize, order: &[usize]) -> Vec<T> {
+    order.iter().flat_map(|&r| xs[r * width..(r + 1) * width].iter().copied()).collect()
+}
+
 impl OwnedTable {
+    /// The same table with its rows stored in `order` (`order[i]` = token of row i).
+    pub fn permuted(&self, order: &[usize], dim: usize) -> OwnedTable {
+        match self {
+            OwnedTable::Dense(t) => OwnedTable::Dense(permute(t, dim, order)),
+            OwnedTable::Int8Rows { q, scale } => OwnedTable::Int8Rows { q: permute(q, dim, order), scale: permute(scale, 1, order) },
+            OwnedTable::Q4Blocks { q, scale } => {
+                OwnedTable::Q4Blocks { q: permute(q, dim / 2, order), scale: permute(scale, dim / Q4_BLOCK, order) }
+            }
+            OwnedTable::LowRank { codes, decoder, bias } => {
+                let k = decoder.len() / dim;
+                let codes = match codes {
+                    OwnedCodes::F32(z) => OwnedCodes::F32(permute(z, k, order)),
+                    OwnedCodes::F16(z) => OwnedCodes::F16(permute(z, k, order)),
+                    OwnedCodes::Int8 { q, scale } => OwnedCodes::Int8 { q: permute(q, k, order), scale: permute(scale, 1, order) },
+                };
+                OwnedTable::LowRank { codes, decoder: decoder.clone(), bias: bias.clone() }
+            }
+        }
+    }
+
     pub fn view(&self) -> Table<'_> {
         match self {
             OwnedTable::Dense(t) => Table::Dense(t),
@@ -508,7 +565,7 @@ impl OwnedTable {
 }
 
 /// Serialize a table with its header into factor-file bytes.
-pub fn serialize(header: &Header, table: &Table<'_>) -> Result<Vec<u8>, FormatError> {
+pub fn serialize(header: &Header, table: &Table<'_>, row_of_token: Option<&[u32]>) -> Result<Vec<u8>, FormatError> {
     let (v, d) = (header.vocab, header.dim);
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT_NAME.to_string());
@@ -523,6 +580,9 @@ pub fn serialize(header: &Header, table: &Table<'_>) -> Result<Vec<u8>, FormatEr
         meta.insert("codes".to_string(), c.name().to_string());
     }
     meta.insert("source_sha256".to_string(), header.source_sha256.clone());
+    if header.frequency_order {
+        meta.insert("row_order".to_string(), "frequency".to_string());
+    }
     meta.insert("metrics".to_string(), header.metrics.to_string());
 
     let mut tensors: Vec<(&str, TensorView<'_>)> = Vec::new();
@@ -554,6 +614,9 @@ pub fn serialize(header: &Header, table: &Table<'_>) -> Result<Vec<u8>, FormatEr
             add(&mut tensors, "decoder", Dtype::F32, vec![k, d], bytemuck::cast_slice(decoder))?;
             add(&mut tensors, "bias", Dtype::F32, vec![d], bytemuck::cast_slice(bias))?;
         }
+    }
+    if let Some(rows) = row_of_token {
+        add(&mut tensors, "row_of_token", Dtype::U32, vec![v], bytemuck::cast_slice(rows))?;
     }
     // safetensors orders tensors by alignment (largest dtype first) after an 8-byte
     // aligned header, so every tensor starts aligned for its own dtype.

@@ -11,6 +11,7 @@ pub mod embed;
 pub mod encode;
 pub mod error;
 pub mod format;
+pub mod footprint;
 pub mod fsutil;
 pub mod head;
 pub mod manifest;

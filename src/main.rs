@@ -2,6 +2,10 @@
 
 mod cli;
 
+/// Counts heap bytes for `embslim footprint` (a relaxed atomic add per allocation).
+#[global_allocator]
+static ALLOC: embslim::footprint::CountingAlloc = embslim::footprint::CountingAlloc;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -15,12 +15,21 @@ pub const BUNDLE_VERSION: u32 = 1;
 #[serde(rename_all = "lowercase")]
 pub enum WeightScheme {
     F32,
+    /// f16 weights.
+    F16,
+    /// Symmetric int8 per output channel.
+    Int8,
+    /// ggml Q4_0: blocks of 32 inputs with an f16 scale, per output channel.
+    Int4,
 }
 
 impl WeightScheme {
     pub fn name(self) -> &'static str {
         match self {
             WeightScheme::F32 => "f32",
+            WeightScheme::F16 => "f16",
+            WeightScheme::Int8 => "int8",
+            WeightScheme::Int4 => "int4",
         }
     }
 }

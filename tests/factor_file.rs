@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 fn header(method: Method, vocab: usize, dim: usize, rank: Option<usize>, codes: Option<CodesDtype>) -> Header {
-    Header { method, vocab, dim, rank, codes, source_sha256: "ab".repeat(32), metrics: json!({"token_cos_mean": 0.5}) }
+    Header { method, vocab, dim, rank, codes, frequency_order: false, source_sha256: "ab".repeat(32), metrics: json!({"token_cos_mean": 0.5}) }
 }
 
 /// A table of each kind built from `x` (V x d).
@@ -64,16 +64,33 @@ proptest! {
         let d = blocks * 32;
         let x = common::noise(v * d, seed);
         let (h, t) = build(METHODS[m], CODES[c], &x, v, d, k);
-        let bytes = format::serialize(&h, &t.view()).unwrap();
+        let bytes = format::serialize(&h, &t.view(), None).unwrap();
         let parsed = format::parse(&bytes).unwrap();
         prop_assert_eq!(&parsed.header, &h);
-        let mem = format::Factors { header: h.clone(), table: t.view() };
+        let mem = format::Factors { header: h.clone(), table: t.view(), row_of_token: None };
         let (a, b) = (decode_all(&parsed), decode_all(&mem));
         prop_assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
         // the dense table must come back bit for bit
         if METHODS[m] == Method::None {
             prop_assert!(a.iter().zip(&x).all(|(p, q)| p.to_bits() == q.to_bits()));
         }
+    }
+
+    /// Rows stored in frequency order decode to the same embeddings as token order.
+    #[test]
+    fn frequency_order_round_trip(v in 2usize..40, m in 0usize..5, seed in 0u64..1000) {
+        let d = 32;
+        let x = common::noise(v * d, seed);
+        let (mut h, t) = build(METHODS[m], CodesDtype::F16, &x, v, d, 3);
+        let freq: Vec<u64> = common::noise(v, seed + 1).iter().map(|f| (f.abs() * 100.0) as u64).collect();
+        let (order, rows) = embslim::train::frequency_order(&freq);
+        let permuted = t.permuted(&order, d);
+        h.frequency_order = true;
+        let bytes = format::serialize(&h, &permuted.view(), Some(&rows)).unwrap();
+        let parsed = format::parse(&bytes).unwrap();
+        prop_assert!(parsed.row_of_token.is_some());
+        let mem = format::Factors { header: Header { frequency_order: false, ..h.clone() }, table: t.view(), row_of_token: None };
+        prop_assert_eq!(decode_all(&parsed), decode_all(&mem));
     }
 
     /// int8 rows reconstruct within half a quantization step; Q4_0 within one step of its block.
@@ -88,7 +105,7 @@ proptest! {
             }
         }
         let (q4, s4) = quant::q4_0(&x);
-        let f = format::Factors { header: header(Method::Int4, v, d, None, None), table: Table::Q4Blocks { q: &q4, scale: &s4 } };
+        let f = format::Factors { header: header(Method::Int4, v, d, None, None), table: Table::Q4Blocks { q: &q4, scale: &s4 }, row_of_token: None };
         let y = decode_all(&f);
         for (b, (xb, yb)) in x.chunks_exact(32).zip(y.chunks_exact(32)).enumerate() {
             let step = s4[b].to_f32().abs();
@@ -222,7 +239,7 @@ fn truncated_at_every_region_is_an_error_not_a_panic() {
     let x = common::noise(3 * 64, 3);
     for m in METHODS {
         let (h, t) = build(m, CodesDtype::Int8, &x, 3, 64, 4);
-        let bytes = format::serialize(&h, &t.view()).unwrap();
+        let bytes = format::serialize(&h, &t.view(), None).unwrap();
         for cut in 0..bytes.len() {
             assert!(format::parse(&bytes[..cut]).is_err(), "{m:?} truncated to {cut} bytes was accepted");
         }
@@ -241,7 +258,7 @@ fn non_finite_row_scale_is_reported_when_the_row_is_decoded() {
     let (q, mut scale) = quant::int8_rows(&x, 32);
     scale[1] = f32::NAN;
     let h = header(Method::Int8, 2, 32, None, None);
-    let bytes = format::serialize(&h, &Table::Int8Rows { q: &q, scale: &scale }).unwrap();
+    let bytes = format::serialize(&h, &Table::Int8Rows { q: &q, scale: &scale }, None).unwrap();
     let f = format::parse(&bytes).unwrap();
     let mut row = [0f32; 32];
     assert!(f.decode_row(0, &mut row).is_ok());

@@ -177,7 +177,7 @@ fn svd_metrics_agree_with_numpy() {
     let c = train::compress(&src, &CompressOptions { method: Method::Svd, rank: Some(rank), ..CompressOptions::default() }, |_| {}).unwrap();
     let tok = embslim::tokenize::Tokenizer::from_file(&common::minilm().join("tokenizer.json"), None).unwrap();
     let freq = train::token_frequencies(&tok, &embslim::corpus::load(&common::bbc()).unwrap(), src.vocab).unwrap();
-    let m = train::token_metrics(&src, &Factors { header: c.header.clone(), table: c.table.view() }, Some(&freq)).unwrap();
+    let m = train::token_metrics(&src, &Factors { header: c.header.clone(), table: c.table.view(), row_of_token: None }, Some(&freq)).unwrap();
     let out = std::process::Command::new("python3")
         .arg(common::root().join("tools/reference.py"))
         .args(["svd", "--model"])

@@ -15,9 +15,9 @@ use embslim::Error;
 fn compress_table(model: &Path, opts: &CompressOptions) -> embslim::Result<(Vec<u8>, TokenMetrics)> {
     let src = SourceTable::open(model)?;
     let c = train::compress(&src, opts, |_| {})?;
-    let view = Factors { header: c.header.clone(), table: c.table.view() };
+    let view = Factors { header: c.header.clone(), table: c.table.view(), row_of_token: None };
     let m = train::token_metrics(&src, &view, None)?;
-    Ok((format::serialize(&c.header, &c.table.view()).unwrap(), m))
+    Ok((format::serialize(&c.header, &c.table.view(), None).unwrap(), m))
 }
 use ndarray::{Array2, ArrayView2};
 

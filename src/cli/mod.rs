@@ -6,6 +6,7 @@ mod classify;
 mod compress;
 mod embed;
 mod eval;
+mod footprint;
 mod input;
 mod output;
 #[cfg(feature = "train")]
@@ -41,6 +42,8 @@ enum Command {
     TrainHead(train_head::Args),
     /// Classify TEXT arguments or stdin lines with the bundle's head.
     Classify(classify::Args),
+    /// Measure what a bundle costs here: bytes, load time, heap, resident pages, latency.
+    Footprint(footprint::Args),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -53,6 +56,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         #[cfg(feature = "train")]
         Command::TrainHead(args) => train_head::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Footprint(args) => footprint::run(args),
     };
     match res {
         // the reader of our output went away: nothing is wrong

@@ -46,6 +46,22 @@ impl Graph {
         name.to_string()
     }
 
+    /// A scalar u8 constant, deduplicated by name.
+    pub fn init_u8(&mut self, name: &str, v: u8) -> String {
+        if !self.inits.iter().any(|t| t.name == name) {
+            self.inits.push(TensorProto { name: name.into(), data_type: DataType::Uint8 as i32, raw_data: vec![v], ..Default::default() });
+        }
+        name.to_string()
+    }
+
+    /// An int64 constant, deduplicated by name.
+    pub fn const_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+        if !self.inits.iter().any(|t| t.name == name) {
+            self.init_i64(name, dims, data);
+        }
+        name.to_string()
+    }
+
     /// A scalar f32 constant, deduplicated by name.
     pub fn scalar(&mut self, name: &str, v: f32) -> String {
         if !self.inits.iter().any(|t| t.name == name) {

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use serde::Serialize;
 
-use crate::bundle::{BODY_FILE, FACTORS_FILE, TOKENIZER_FILE};
+use crate::bundle::{BODY_FILE, BUNDLE_FILES, FACTORS_FILE, TOKENIZER_FILE};
 use crate::corpus;
 use crate::error::{Error, Result};
 use crate::format::{self, Factors};
-use crate::fsutil::{publish_dir, sha256_bytes, stage_dir, write_synced};
+use crate::fsutil::{check_writable, publish_dir, sha256_bytes, stage_dir, write_synced};
 use crate::manifest::{FileEntry, Manifest, WeightScheme, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE};
 use crate::tokenize::Tokenizer;
 use crate::train::{self, source::SourceTable, CompressOptions, Progress};
@@ -76,6 +76,9 @@ pub fn compress_bundle(
     mut progress: impl FnMut(Progress<'_>),
     mut warn: impl FnMut(String),
 ) -> Result<Report> {
+    // refuse an output that cannot be written or must not be replaced before any work
+    check_replaceable(out)?;
+    check_writable(out)?;
     let dir = model_dir(model);
     let tok_path = opts.tokenizer.clone().unwrap_or_else(|| dir.join(TOKENIZER_FILE));
     if !tok_path.is_file() {
@@ -96,6 +99,12 @@ pub fn compress_bundle(
     let (body, token_type_ids, default_len) = match src.kind {
         train::source::SourceKind::HuggingFace => {
             let (m, cfg) = bert::build_body(&dir, opts.weights)?;
+            if cfg.hidden_size != src.dim {
+                return Err(Error::model(
+                    dir.join("config.json"),
+                    format!("hidden_size {} differs from the {} columns of the word-embedding table", cfg.hidden_size, src.dim),
+                ));
+            }
             (m.encode_to_vec(), cfg.type_vocab_size > 0, cfg.max_position_embeddings)
         }
         train::source::SourceKind::Onnx => {
@@ -196,8 +205,15 @@ fn compress_factors(
         }
         _ => None,
     };
-    let c = train::compress(src, &opts.table, progress)?;
-    let view = Factors { header: c.header.clone(), table: c.table.view() };
+    let mut c = train::compress(src, &opts.table, progress)?;
+    // frequent tokens first, so the rows real text uses share pages of the mapped file
+    let row_of_token = freq.as_deref().map(|f| {
+        let (order, rows) = train::frequency_order(f);
+        c.table = c.table.permuted(&order, src.dim);
+        c.header.frequency_order = true;
+        rows
+    });
+    let view = Factors { header: c.header.clone(), table: c.table.view(), row_of_token: row_of_token.as_deref() };
     let metrics = train::token_metrics(src, &view, freq.as_deref())?;
     let mut header = c.header.clone();
     header.metrics = serde_json::json!({
@@ -209,7 +225,7 @@ fn compress_factors(
         "train_seconds": c.train_seconds,
         "best_epoch": c.best_epoch,
     });
-    let bytes = format::serialize(&header, &c.table.view()).map_err(|source| Error::Factors { path: FACTORS_FILE.into(), source })?;
+    let bytes = format::serialize(&header, &c.table.view(), row_of_token.as_deref()).map_err(|source| Error::Factors { path: FACTORS_FILE.into(), source })?;
     Ok(TableOut {
         header,
         bytes,
@@ -232,6 +248,7 @@ pub fn compress_table_only(
     mut progress: impl FnMut(Progress<'_>),
     mut warn: impl FnMut(String),
 ) -> Result<Report> {
+    check_writable(&out.join(FACTORS_FILE))?;
     let src = SourceTable::open(model)?;
     let tok_path = opts.tokenizer.clone().unwrap_or_else(|| model_dir(model).join(TOKENIZER_FILE));
     // without a tokenizer the corpus-weighted cosine is unknown (reported as null)
@@ -259,10 +276,19 @@ fn manifest_bytes(m: &Manifest) -> Result<Vec<u8>> {
 /// in at once. Files of `keep_from` (an existing bundle) not in `files` are hard-linked
 /// (or copied) into the new one.
 pub fn write_bundle(out: &Path, files: &[(&str, &[u8])], manifest: &Manifest, keep_from: Option<&Path>) -> Result<()> {
+    check_replaceable(out)?;
     let staged = stage_dir(out)?;
+    // errors name the bundle file being written, not its place in the staging directory
+    let named = |name: &str| {
+        let target = out.join(name);
+        move |e: Error| match e {
+            Error::Io { source, .. } => Error::io(target, source),
+            other => other,
+        }
+    };
     let res = (|| {
         for (name, bytes) in files {
-            write_synced(&staged.join(name), bytes)?;
+            write_synced(&staged.join(name), bytes).map_err(named(name))?;
         }
         if let Some(old) = keep_from {
             for name in manifest.files.keys().filter(|n| !files.iter().any(|(f, _)| f == n)) {
@@ -272,13 +298,41 @@ pub fn write_bundle(out: &Path, files: &[(&str, &[u8])], manifest: &Manifest, ke
                 }
             }
         }
-        write_synced(&staged.join(MANIFEST_FILE), &manifest_bytes(manifest)?)?;
+        write_synced(&staged.join(MANIFEST_FILE), &manifest_bytes(manifest)?).map_err(named(MANIFEST_FILE))?;
         publish_dir(&staged, out)
     })();
     if res.is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }
     res
+}
+
+/// An existing `out` is replaced whole when a new bundle is published, so it must be a
+/// bundle (or empty): refuse a directory holding anything else (`--out ~` must not
+/// delete a home directory) and a path that is not a directory.
+pub fn check_replaceable(out: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    if !out.is_dir() {
+        let what = if meta.file_type().is_symlink() { "a symbolic link that does not lead to a directory" } else { "not a directory" };
+        return Err(Error::Usage(format!("{}: exists and is {what}; refusing to replace it", out.display())));
+    }
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(out, e))?;
+        let name = entry.file_name();
+        if !BUNDLE_FILES.iter().any(|f| name == std::ffi::OsStr::new(f)) {
+            return Err(Error::Usage(format!(
+                "{}: exists and holds {}, which is not part of a bundle; refusing to replace it (choose another output or move that away)",
+                out.display(),
+                name.to_string_lossy()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What `train-head` reports (the `--json` interface).
@@ -328,6 +382,8 @@ pub fn train_head(
     if !(0.0..1.0).contains(&opts.test_fraction) || opts.c.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
         return Err(Error::Usage("--test-fraction must be in [0, 1) and --c positive".into()));
     }
+    check_replaceable(bundle.dir())?;
+    check_writable(bundle.dir())?;
     let k = data.labels.len();
     let d = bundle.manifest.dim;
     let t0 = std::time::Instant::now();

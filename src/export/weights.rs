@@ -1,8 +1,18 @@
 //! How the body's MatMul weights are written into the ONNX graph.
+//!
+//! Every scheme keeps LayerNorm, softmax, biases and the attention arithmetic in f32 and
+//! stores only the dense layers' weights smaller. The stored form is expanded to f32 by a
+//! small constant subgraph (Cast / Mul / integer Div and Mod) that tract folds once, at
+//! load time; see the README for what that means for speed and memory.
 
-use super::graph::Graph;
-use crate::error::Result;
+use half::f16;
+use tract_onnx::pb::{tensor_proto::DataType, TensorProto};
+
+use super::graph::{attr_int, attr_ints, Graph};
+use crate::error::{Error, Result};
+use crate::format::Q4_BLOCK;
 use crate::manifest::WeightScheme;
+use crate::train::quant;
 
 /// A dense layer, weight already in MatMul layout [in, out].
 pub struct Linear {
@@ -13,16 +23,82 @@ pub struct Linear {
     pub bias: Vec<f32>,
 }
 
+impl Linear {
+    /// The weight as torch stores it, [out, in]: one row per output channel.
+    fn rows(&self) -> Vec<f32> {
+        let mut t = vec![0f32; self.weight.len()];
+        for i in 0..self.n_in {
+            for o in 0..self.n_out {
+                t[o * self.n_in + i] = self.weight[i * self.n_out + o];
+            }
+        }
+        t
+    }
+}
+
+fn raw(name: &str, dt: DataType, dims: &[usize], bytes: Vec<u8>) -> TensorProto {
+    TensorProto { name: name.into(), dims: dims.iter().map(|d| *d as i64).collect(), data_type: dt as i32, raw_data: bytes, ..Default::default() }
+}
+
 impl WeightScheme {
     /// Emit `x @ W + b` for `lin` and return the output name.
     pub fn emit(self, g: &mut Graph, lin: &Linear, x: &str) -> Result<String> {
-        let b = g.init_f32(&format!("{}.bias", lin.name), &[lin.n_out], &lin.bias);
-        let y = match self {
-            WeightScheme::F32 => {
-                let w = g.init_f32(&format!("{}.weight", lin.name), &[lin.n_in, lin.n_out], &lin.weight);
-                g.node("MatMul", &[x, &w], vec![])
+        let (n_in, n_out, name) = (lin.n_in, lin.n_out, lin.name.as_str());
+        let w = match self {
+            WeightScheme::F32 => g.init_f32(&format!("{name}.weight"), &[n_in, n_out], &lin.weight),
+            WeightScheme::F16 => {
+                let bytes = lin.weight.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+                g.inits.push(raw(&format!("{name}.weight_f16"), DataType::Float16, &[n_in, n_out], bytes));
+                g.node("Cast", &[&format!("{name}.weight_f16")], vec![attr_int("to", DataType::Float as i64)])
+            }
+            WeightScheme::Int8 => {
+                // symmetric int8 per output channel: W[:, o] = q[:, o] * scale[o]
+                let (q, scale) = quant::int8_rows(&lin.rows(), n_in);
+                let mut qt = vec![0i8; q.len()];
+                for o in 0..n_out {
+                    for i in 0..n_in {
+                        qt[i * n_out + o] = q[o * n_in + i];
+                    }
+                }
+                g.inits.push(raw(&format!("{name}.weight_q8"), DataType::Int8, &[n_in, n_out], qt.iter().map(|v| *v as u8).collect()));
+                let s = g.init_f32(&format!("{name}.weight_scale"), &[n_out], &scale);
+                let wf = g.node("Cast", &[&format!("{name}.weight_q8")], vec![attr_int("to", DataType::Float as i64)]);
+                g.node("Mul", &[&wf, &s], vec![])
+            }
+            WeightScheme::Int4 => {
+                // ggml Q4_0 over each output channel's inputs: blocks of 32 with an f16 scale
+                if n_in % Q4_BLOCK != 0 {
+                    return Err(Error::Usage(format!(
+                        "--weights int4 needs every layer's input width to be a multiple of {Q4_BLOCK}; {name} has {n_in}"
+                    )));
+                }
+                let (q, scale) = quant::q4_0_lsq(&lin.rows());
+                let nb = n_in / Q4_BLOCK;
+                g.inits.push(raw(&format!("{name}.weight_q4"), DataType::Uint8, &[n_out, nb, Q4_BLOCK / 2], q));
+                let sbytes = scale.iter().flat_map(|v| v.to_le_bytes()).collect();
+                g.inits.push(raw(&format!("{name}.weight_q4scale"), DataType::Float16, &[n_out, nb, 1], sbytes));
+                let sixteen = g.init_u8("c_u8_16", 16);
+                let lo = g.node("Mod", &[&format!("{name}.weight_q4"), &sixteen], vec![]);
+                let hi = g.node("Div", &[&format!("{name}.weight_q4"), &sixteen], vec![]);
+                let ax = g.const_i64("c_axes_3", &[1], &[3]);
+                let lo = g.node("Unsqueeze", &[&lo, &ax], vec![]);
+                let hi = g.node("Unsqueeze", &[&hi, &ax], vec![]);
+                // element 2i is the low nibble, 2i+1 the high one
+                let pairs = g.node("Concat", &[&lo, &hi], vec![attr_int("axis", 3)]);
+                let shape = g.const_i64(&format!("c_q4_shape_{n_out}_{nb}"), &[3], &[n_out as i64, nb as i64, Q4_BLOCK as i64]);
+                let blocks = g.node("Reshape", &[&pairs, &shape], vec![]);
+                let qf = g.node("Cast", &[&blocks], vec![attr_int("to", DataType::Float as i64)]);
+                let eight = g.scalar("c_f32_8", 8.0);
+                let centered = g.node("Sub", &[&qf, &eight], vec![]);
+                let sf = g.node("Cast", &[&format!("{name}.weight_q4scale")], vec![attr_int("to", DataType::Float as i64)]);
+                let wrows = g.node("Mul", &[&centered, &sf], vec![]);
+                let flat = g.const_i64(&format!("c_rows_shape_{n_out}_{n_in}"), &[2], &[n_out as i64, n_in as i64]);
+                let wrows = g.node("Reshape", &[&wrows, &flat], vec![]);
+                g.node("Transpose", &[&wrows], vec![attr_ints("perm", &[1, 0])])
             }
         };
+        let y = g.node("MatMul", &[x, &w], vec![]);
+        let b = g.init_f32(&format!("{name}.bias"), &[n_out], &lin.bias);
         Ok(g.node("Add", &[&y, &b], vec![]))
     }
 }

@@ -58,6 +58,9 @@ pub fn rank_for_ratio(vocab: usize, dim: usize, ratio: f64) -> usize {
     ((v * d / ratio - d) / (v + d)).floor().max(0.0) as usize
 }
 
+/// Widest table the factorizations accept (their d x d f64 Gram matrix is 2 GiB there).
+pub const MAX_FACTOR_DIM: usize = 16384;
+
 /// Resolve and check the rank for a factorizing method.
 pub fn resolve_rank(opts: &CompressOptions, vocab: usize, dim: usize) -> Result<Option<usize>> {
     if !opts.method.is_factorized() {
@@ -75,6 +78,9 @@ pub fn resolve_rank(opts: &CompressOptions, vocab: usize, dim: usize) -> Result<
     };
     if k == 0 || k >= dim {
         return Err(Error::Usage(format!("rank {k} must be between 1 and {} (the table has d = {dim})", dim - 1)));
+    }
+    if dim > MAX_FACTOR_DIM {
+        return Err(Error::Usage(format!("{} needs a d x d Gram matrix; d = {dim} is over the {MAX_FACTOR_DIM} supported", opts.method.name())));
     }
     Ok(Some(k))
 }
@@ -231,6 +237,7 @@ pub fn compress(src: &SourceTable, opts: &CompressOptions, mut progress: impl Fn
         dim: d,
         rank,
         codes: rank.map(|_| opts.codes),
+        frequency_order: false,
         source_sha256: src.sha256()?,
         metrics: serde_json::Value::Null,
     };
@@ -278,4 +285,16 @@ where
         progress(Progress::Rows { done: start, total: src.vocab, what: "quantize" });
     }
     Ok((q, s))
+}
+
+/// Row order by corpus frequency: `order[i]` is the token stored at row i (most frequent
+/// first, ties by token id) and `row_of_token[t]` its inverse.
+pub fn frequency_order(freq: &[u64]) -> (Vec<usize>, Vec<u32>) {
+    let mut order: Vec<usize> = (0..freq.len()).collect();
+    order.sort_by(|&a, &b| freq[b].cmp(&freq[a]).then(a.cmp(&b)));
+    let mut row_of_token = vec![0u32; freq.len()];
+    for (row, &t) in order.iter().enumerate() {
+        row_of_token[t] = row as u32;
+    }
+    (order, row_of_token)
 }

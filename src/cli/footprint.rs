@@ -1,0 +1,193 @@
+//! `embslim footprint`: what a bundle costs on this device.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use embslim::footprint::{self, Percentiles};
+use embslim::tokenize::Encoded;
+use serde::Serialize;
+
+use super::embed::RunArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    pub bundle: PathBuf,
+    /// Texts to run, one per line (default: BBC News from models/bbc-news when present,
+    /// else a built-in set of news sentences).
+    #[arg(long)]
+    pub texts: Option<PathBuf>,
+    /// Timed runs per sequence length (after 3 warm-up runs).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Documents classified (or embedded, without a head) for the memory figures.
+    #[arg(long, default_value_t = 100)]
+    pub docs: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    bundle_bytes: u64,
+    files: BTreeMap<String, u64>,
+    binary_bytes: Option<u64>,
+    load_ms: f64,
+    first_result_ms: f64,
+    peak_heap_bytes: usize,
+    peak_rss_bytes: Option<u64>,
+    rss_bytes: Option<u64>,
+    factor_file_bytes: usize,
+    factor_resident_bytes: Option<usize>,
+    docs: usize,
+    classified: bool,
+    threads: usize,
+    latency_ms: BTreeMap<usize, Percentiles>,
+    throughput_docs_per_s: f64,
+}
+
+const BUILTIN: [&str; 4] = [
+    "Shares in the bank fell sharply on Monday after it reported a drop in annual profits, blaming weaker lending and higher costs, while analysts said the outlook for the rest of the year remained uncertain as interest rates stayed high.",
+    "The film won best picture at the awards ceremony on Sunday night, and its director thanked the cast and crew in a speech that was cheered by an audience of actors, producers and musicians from around the world.",
+    "The prime minister faces a vote in parliament over the new tax plans, with opposition parties and some members of his own party warning that the changes would hit families on low incomes the hardest.",
+    "The striker scored twice in the second half as the champions came from behind to win the cup final, ending a season in which the club also finished top of the league for the third year running.",
+];
+
+fn load_texts(path: &Option<PathBuf>) -> anyhow::Result<Vec<String>> {
+    if let Some(p) = path {
+        let c = embslim::corpus::load(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(c.docs.into_iter().map(|d| d.text).collect());
+    }
+    let bbc = PathBuf::from("models/bbc-news");
+    if bbc.is_dir() {
+        if let Ok(c) = embslim::corpus::load(&bbc) {
+            return Ok(c.docs.into_iter().map(|d| d.text).collect());
+        }
+    }
+    // long enough for 128 tokens: repeat the sentences
+    Ok(BUILTIN.iter().map(|s| format!("{s} {s} {s}")).collect())
+}
+
+/// Cut an encoding to exactly `len` tokens keeping the final special token.
+fn cut(e: &Encoded, len: usize) -> Option<Encoded> {
+    if e.ids.len() < len || len < 2 {
+        return None;
+    }
+    let mut ids = e.ids[..len - 1].to_vec();
+    ids.push(*e.ids.last()?);
+    let mut type_ids = e.type_ids[..len - 1].to_vec();
+    type_ids.push(*e.type_ids.last()?);
+    Some(Encoded { ids, type_ids, truncated: true })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let texts = load_texts(&args.texts)?;
+    anyhow::ensure!(!texts.is_empty(), "no texts to run");
+    let t0 = Instant::now();
+    let bundle = args.run.open(&args.bundle)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let classified = bundle.head().is_some();
+    if classified {
+        bundle.classify_batch(&[&texts[0]])?;
+    } else {
+        bundle.embed_batch(&[&texts[0]])?;
+    }
+    let first_result_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+    // memory: classify (or embed) the first `docs` documents one at a time
+    let n = args.docs.min(texts.len()).max(1);
+    for t in texts.iter().cycle().take(n) {
+        if classified {
+            bundle.classify_batch(&[t])?;
+        } else {
+            bundle.embed_batch(&[t])?;
+        }
+    }
+    let factor_resident_bytes = bundle.factor_map().resident_bytes();
+
+    // latency at fixed sequence lengths, batch 1
+    let enc: Vec<Encoded> = texts.iter().take(200).map(|t| bundle.tokenizer().encode(t)).collect::<Result<_, _>>()?;
+    let mut latency_ms = BTreeMap::new();
+    for len in [16usize, 64, 128] {
+        let inputs: Vec<Encoded> = enc.iter().filter_map(|e| cut(e, len)).collect();
+        if inputs.is_empty() || len > bundle.max_length() {
+            eprintln!("note: no input reaches {len} tokens (max length {}); skipped", bundle.max_length());
+            continue;
+        }
+        let mut ms = Vec::with_capacity(args.runs);
+        for (i, e) in inputs.iter().cycle().take(args.runs + 3).enumerate() {
+            let t = Instant::now();
+            bundle.embed_encoded(std::slice::from_ref(e))?;
+            if i >= 3 {
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        latency_ms.insert(len, footprint::percentiles(&mut ms));
+    }
+
+    // throughput: documents at the bundle's max length, batches of 8 on all worker threads
+    let sample: Vec<&str> = texts.iter().take(64).map(String::as_str).collect();
+    let t = Instant::now();
+    bundle.embed_many(&sample, 8, |_| {})?;
+    let throughput_docs_per_s = sample.len() as f64 / t.elapsed().as_secs_f64();
+
+    let (peak_rss_bytes, rss_bytes) = footprint::proc_rss();
+    let files: BTreeMap<String, u64> = bundle.manifest.files.iter().map(|(k, v)| (k.clone(), v.bytes)).collect();
+    let manifest_bytes = std::fs::metadata(args.bundle.join(embslim::manifest::MANIFEST_FILE)).map(|m| m.len()).unwrap_or(0);
+    let report = Report {
+        bundle_bytes: files.values().sum::<u64>() + manifest_bytes,
+        files,
+        binary_bytes: std::env::current_exe().ok().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
+        load_ms,
+        first_result_ms,
+        peak_heap_bytes: footprint::heap().1,
+        peak_rss_bytes,
+        rss_bytes,
+        factor_file_bytes: bundle.factor_map().bytes().len(),
+        factor_resident_bytes,
+        docs: n,
+        classified,
+        threads: args.run.threads,
+        latency_ms,
+        throughput_docs_per_s,
+    };
+    if args.json {
+        super::output::json_line(&report)?;
+    } else {
+        print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.2} MB", b as f64 / 1e6)
+}
+
+fn print_table(r: &Report) {
+    let opt = |v: Option<u64>| v.map(mb).unwrap_or_else(|| "n/a".into());
+    println!("bundle            {}", mb(r.bundle_bytes));
+    for (k, v) in &r.files {
+        println!("  {k:<16}{}", mb(*v));
+    }
+    println!("binary            {}", opt(r.binary_bytes));
+    println!("load              {:.1} ms (open, map, verify, build the tract plan)", r.load_ms);
+    println!("first result      {:.1} ms", r.first_result_ms);
+    println!("peak heap         {}", mb(r.peak_heap_bytes as u64));
+    println!("peak RSS (VmHWM)  {}", opt(r.peak_rss_bytes));
+    println!("RSS now           {}", opt(r.rss_bytes));
+    println!(
+        "factor resident   {} of {} after {} {}",
+        opt(r.factor_resident_bytes.map(|b| b as u64)),
+        mb(r.factor_file_bytes as u64),
+        r.docs,
+        if r.classified { "classifications" } else { "embeddings" }
+    );
+    for (len, p) in &r.latency_ms {
+        println!("latency seq {len:<4}  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ({} runs, {} thread(s))", p.p50, p.p95, p.p99, p.runs, r.threads);
+    }
+    println!("throughput        {:.1} docs/s", r.throughput_docs_per_s);
+}
