@@ -291,6 +291,9 @@ fn verify_file(dir: &Path, m: &Manifest, name: &str) -> Result<()> {
         std::io::ErrorKind::NotFound => Error::bundle(&path, "missing from the bundle"),
         _ => Error::io(&path, e),
     })?;
+    if !meta.is_file() {
+        return Err(Error::bundle(&path, "is not a regular file"));
+    }
     if meta.len() != entry.bytes {
         return Err(Error::bundle(&path, format!("is {} bytes but the manifest says {}", meta.len(), entry.bytes)));
     }

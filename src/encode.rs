@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 use tract_onnx::tract_core::runtime::RunOptions;
 
@@ -44,6 +45,14 @@ impl Encoder {
         let mut inputs = Vec::new();
         for (i, outlet) in model.input_outlets().map_err(|e| e.to_string())?.to_vec().into_iter().enumerate() {
             let name = model.node(outlet.node).name.clone();
+            if name == "inputs_embeds" {
+                // a body of another model declares another width: say so, rather than
+                // letting shape inference fail somewhere inside the graph
+                let declared = model.input_fact(i).ok().and_then(|f| f.shape.dims().nth(2).and_then(|d| d.concretize())).and_then(|d| d.to_usize().ok());
+                if let Some(w) = declared.filter(|w| *w != dim) {
+                    return Err(format!("expects inputs_embeds of width {w}, but the manifest's dim is {dim} (a body of another model?)"));
+                }
+            }
             let (kind, fact) = match name.as_str() {
                 "inputs_embeds" => (BodyInput::InputsEmbeds, InferenceFact::dt_shape(f32::datum_type(), tvec!(batch.to_dim(), seq.to_dim(), dim.to_dim()))),
                 "attention_mask" => (BodyInput::AttentionMask, InferenceFact::dt_shape(i64::datum_type(), tvec!(batch.to_dim(), seq.to_dim()))),
@@ -86,8 +95,15 @@ impl Encoder {
             .map_err(|e| format!("input shape: {e}"))?;
             tensors.push(t.into_tvalue());
         }
+        let (batch, seq) = (b.batch, b.seq);
         let out = self.plan.run(tensors).map_err(|e| format!("running the body: {e:#}"))?;
-        let view = out[0].to_plain_array_view::<f32>().map_err(|e| e.to_string())?;
+        let first = out.first().ok_or("the body produced no output")?;
+        let view = first.to_plain_array_view::<f32>().map_err(|e| e.to_string())?;
+        // a body that passed the load-time checks can still misbehave at run time (e.g.
+        // drop positions): pooling indexes by [batch, seq, dim], so check before handing it on
+        if view.shape() != [batch, seq, self.dim] {
+            return Err(format!("body output has shape {:?}, expected [{batch}, {seq}, {}]", view.shape(), self.dim));
+        }
         Ok(view.iter().copied().collect())
     }
 }

@@ -13,8 +13,12 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Write `bytes` to `path` atomically.
+/// Write `bytes` to `path` atomically. Temporary files that killed runs left beside
+/// `path` are removed first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(name) = path.file_name() {
+        remove_stale(parent_of(path), &name.to_string_lossy(), "tmp");
+    }
     let tmp = temp_path(path);
     let res = (|| {
         let mut f = File::create(&tmp)?;
@@ -81,11 +85,74 @@ pub fn drop_page_cache(path: &Path) {
     let _ = path;
 }
 
+/// The directory `path` is in ("." for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Whether process `pid` may still be running. Errs on the side of "alive": only a
+/// definite "no such process" counts as dead.
+fn pid_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(p) = libc::pid_t::try_from(pid) else { return true };
+        if p <= 0 {
+            return true;
+        }
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let rc = unsafe { libc::kill(p, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Remove `.{name}.{kind}-PID` entries of `dir` whose process is gone: the staging
+/// directories and temporary files of runs that were killed mid-write. Best effort:
+/// an entry that cannot be removed is left for the next run.
+pub fn remove_stale(dir: &Path, name: &str, kind: &str) {
+    let prefix = format!(".{name}.{kind}-");
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || pid_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        // file_type does not follow symlinks: a link is removed, never its target
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+    }
+}
+
+/// Fail early (before hours of training) when nothing can be written beside `out`:
+/// create its parent and a probe file there, then remove the probe.
+pub fn check_writable(out: &Path) -> Result<()> {
+    let parent = parent_of(out);
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    remove_stale(parent, &name, "probe");
+    let probe = parent.join(format!(".{name}.probe-{}", std::process::id()));
+    File::create(&probe).map_err(|e| Error::io(parent, e))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
 /// A fresh staging directory beside `out` (same file system, so it can be renamed over it).
+/// Staging directories of killed runs (their process is gone) are removed first.
 pub fn stage_dir(out: &Path) -> Result<PathBuf> {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = parent_of(out);
     fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    remove_stale(parent, &name, "staging");
     let tmp = parent.join(format!(".{name}.staging-{}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -16,23 +16,58 @@ pub fn lines(texts: Vec<String>) -> Box<dyn Iterator<Item = std::io::Result<Line
     }
     let mut stdin = std::io::stdin().lock();
     let mut number = 0;
-    Box::new(std::iter::from_fn(move || {
-        let mut buf = Vec::new();
-        match stdin.read_until(b'\n', &mut buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                number += 1;
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
+    Box::new(std::iter::from_fn(move || match read_line(&mut stdin, MAX_LINE_BYTES) {
+        Ok(None) => None,
+        Ok(Some((mut buf, cut))) => {
+            number += 1;
+            if cut {
+                // the cut may split a character: drop its first bytes, keep the rest checked
+                if let Err(e) = std::str::from_utf8(&buf) {
+                    if e.error_len().is_none() {
+                        buf.truncate(e.valid_up_to());
                     }
                 }
-                Some(Ok(Line { number, text: check(buf) }))
+            } else if buf.last() == Some(&b'\r') {
+                buf.pop();
             }
-            Err(e) => Some(Err(e)),
+            Some(Ok(Line { number, text: check(buf) }))
         }
+        Err(e) => Some(Err(e)),
     }))
+}
+
+/// Longest part of an input line that is kept, in bytes. The rest of a longer line is
+/// read and dropped, never stored, so memory stays bounded whatever comes in; a model
+/// reads at most its maximum length in tokens (a few hundred), which 16 MiB of text
+/// always exceeds unless it is nearly all whitespace.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Read one line (without its newline), keeping at most `max` bytes of it; None at the
+/// end of input. The flag says the line was longer than `max`.
+fn read_line(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+    let (mut buf, mut cut, mut any) = (Vec::new(), false, false);
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(any.then_some((buf, cut)));
+        }
+        any = true;
+        let (take, newline) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        let room = max - buf.len();
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        cut |= take > room;
+        r.consume(take + usize::from(newline));
+        if newline {
+            return Ok(Some((buf, cut)));
+        }
+    }
 }
 
 fn check(bytes: Vec<u8>) -> Result<String, String> {

@@ -43,9 +43,9 @@ pub fn rewrite(bytes: &[u8], path: &Path) -> Result<Rewritten> {
         .ok_or_else(|| err(format!("no Gather on '{ids}' reads a [vocab, dim] initializer")))?;
     let gather = graph.node.remove(gather_pos);
     let table = gather.input[0].clone();
-    let dim = graph.initializer.iter().find(|t| t.name == table).map(|t| t.dims[1]).unwrap_or(0);
+    let dim = graph.initializer.iter().find(|t| t.name == table && t.dims.len() == 2).map(|t| t.dims[1]).unwrap_or(0);
     let dim = usize::try_from(dim).map_err(|_| err(format!("table '{table}' has a negative dimension")))?;
-    let embedded = gather.output[0].clone();
+    let embedded = gather.output.first().cloned().ok_or_else(|| err(format!("the Gather on '{table}' has no output")))?;
     let table_dim = dim;
 
     // Keep one output: the per-token hidden states [batch, seq, d]; pooling is ours.

@@ -15,6 +15,10 @@ use crate::mmap::Mapped;
 
 const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
 
+/// Widest table accepted: streaming passes hold a few thousand rows of this width, and
+/// a hostile file must not turn its shape into an impossible allocation.
+pub const MAX_DIM: usize = 65536;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SrcDtype {
     F32,
@@ -87,6 +91,9 @@ impl SourceTable {
             .ok_or_else(|| Error::model(&file, "table size overflows"))?;
         if end > map.bytes().len() {
             return Err(Error::model(&file, format!("table '{}' extends beyond the file", found.tensor)));
+        }
+        if found.dim > MAX_DIM {
+            return Err(Error::model(&file, format!("table '{}' has {} columns; no supported encoder is wider than {MAX_DIM}", found.tensor, found.dim)));
         }
         if found.vocab < 2 || found.dim < 2 {
             return Err(Error::model(&file, format!("table '{}' has shape [{}, {}], too small to compress", found.tensor, found.vocab, found.dim)));

@@ -149,3 +149,77 @@ pub fn head_bundle() -> PathBuf {
     });
     dir
 }
+
+/// A tiny random BERT checkpoint directory (config.json, model.safetensors and the real
+/// all-MiniLM-L6-v2 tokenizer.json, vocabulary 30522): hidden `dim`, 2 heads, 1 layer,
+/// intermediate 2 x dim. `compress` turns it into a bundle in well under a second, so
+/// tests can run it many times (kill tests, full disks). Built once, cached.
+pub fn tiny_bert(dim: usize) -> PathBuf {
+    let dir = bundle_dir(&format!("tiny-bert-{dim}"));
+    if dir.join("model.safetensors").exists() {
+        return dir;
+    }
+    let (v, ff, pos, types) = (30522usize, 2 * dim, 128usize, 2usize);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut seed = 100;
+    let mut add = |name: &str, shape: Vec<usize>, fill: Option<f32>| {
+        let n = shape.iter().product();
+        seed += 1;
+        let data = match fill {
+            Some(x) => vec![x; n],
+            None => noise(n, seed).into_iter().map(|x| x * 0.2).collect(),
+        };
+        tensors.push((name.to_string(), shape, data));
+    };
+    add("embeddings.word_embeddings.weight", vec![v, dim], None);
+    add("embeddings.position_embeddings.weight", vec![pos, dim], None);
+    add("embeddings.token_type_embeddings.weight", vec![types, dim], None);
+    let ln = |add: &mut dyn FnMut(&str, Vec<usize>, Option<f32>), p: &str| {
+        add(&format!("{p}.weight"), vec![dim], Some(1.0));
+        add(&format!("{p}.bias"), vec![dim], Some(0.0));
+    };
+    ln(&mut add, "embeddings.LayerNorm");
+    let l = "encoder.layer.0";
+    for (name, n_out, n_in) in [
+        ("attention.self.query", dim, dim),
+        ("attention.self.key", dim, dim),
+        ("attention.self.value", dim, dim),
+        ("attention.output.dense", dim, dim),
+        ("intermediate.dense", ff, dim),
+        ("output.dense", dim, ff),
+    ] {
+        add(&format!("{l}.{name}.weight"), vec![n_out, n_in], None);
+        add(&format!("{l}.{name}.bias"), vec![n_out], None);
+    }
+    ln(&mut add, &format!("{l}.attention.output.LayerNorm"));
+    ln(&mut add, &format!("{l}.output.LayerNorm"));
+
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(tmp.join("model.safetensors"), safetensors::serialize(views, &None::<HashMap<String, String>>).unwrap()).unwrap();
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": v, "hidden_size": dim, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": ff, "max_position_embeddings": pos,
+        "type_vocab_size": types, "hidden_act": "gelu", "layer_norm_eps": 1e-12
+    });
+    std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    std::fs::copy(minilm().join("tokenizer.json"), tmp.join("tokenizer.json")).unwrap();
+    // another test process may have finished first: either copy is complete
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    dir
+}
+
+/// `embslim compress` of [`tiny_bert`] into `out` (no corpus: fast), asserting success.
+pub fn compress_tiny(model: &Path, out: &Path, method: &str) {
+    let out_ = embslim().args(["compress", "--model"]).arg(model).arg("--out").arg(out).args(["--method", method, "--corpus", "/nonexistent"]).output().unwrap();
+    assert!(out_.status.success(), "compress {method}: {}", String::from_utf8_lossy(&out_.stderr));
+}
