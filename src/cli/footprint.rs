@@ -22,6 +22,9 @@ pub struct Args {
     /// Timed runs per sequence length (after 3 warm-up runs).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Sequence lengths (tokens, special tokens included) to time at batch 1.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
+    pub lengths: Vec<usize>,
     /// Documents classified (or embedded, without a head) for the memory figures.
     #[arg(long, default_value_t = 100)]
     pub docs: usize,
@@ -112,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // latency at fixed sequence lengths, batch 1
     let enc: Vec<Encoded> = texts.iter().take(200).map(|t| bundle.tokenizer().encode(t)).collect::<Result<_, _>>()?;
     let mut latency_ms = BTreeMap::new();
-    for len in [16usize, 64, 128] {
+    for &len in &args.lengths {
         let inputs: Vec<Encoded> = enc.iter().filter_map(|e| cut(e, len)).collect();
         if inputs.is_empty() || len > bundle.max_length() {
             eprintln!("note: no input reaches {len} tokens (max length {}); skipped", bundle.max_length());
