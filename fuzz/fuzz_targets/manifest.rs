@@ -1,0 +1,7 @@
+//! manifest.json parser and rules on arbitrary bytes.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::manifest(data));
