@@ -368,14 +368,14 @@ fn precheck_offsets(bytes: &[u8]) -> Result<(), FormatError> {
     let mut n8 = [0u8; 8];
     n8.copy_from_slice(&bytes[..8]);
     let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER_BYTES {
+        return Err(FormatError::HeaderTooLarge { header: n });
+    }
     let data_start = usize::try_from(n)
         .ok()
         .and_then(|n| n.checked_add(8))
         .filter(|end| *end <= bytes.len())
         .ok_or(FormatError::HeaderBeyondFile { header: n, len: bytes.len() })?;
-    if n > MAX_HEADER_BYTES {
-        return Err(FormatError::HeaderTooLarge { header: n });
-    }
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&bytes[8..data_start]).map_err(|e| FormatError::HeaderJson(e.to_string()))?;
     let data_len = bytes.len() - data_start;

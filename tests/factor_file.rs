@@ -164,13 +164,24 @@ fn malformed_factor_files_are_rejected_by_the_rule_they_break() {
     inf_bias[31] = f32::INFINITY;
     let mut trailing = good.clone();
     trailing.extend([0u8; 4]);
+    let mut long_header = good.clone();
+    long_header[..8].copy_from_slice(&(good.len() as u64).to_le_bytes());
     let mut huge_header = good.clone();
     huge_header[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
 
     type Check = fn(&FormatError) -> bool;
     let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         ("empty file", vec![], |e| matches!(e, E::TooShort { .. })),
-        ("header length beyond the file", huge_header, |e| matches!(e, E::HeaderBeyondFile { .. })),
+        ("header length beyond the file", long_header, |e| matches!(e, E::HeaderBeyondFile { .. })),
+        ("header length over the limit", huge_header, |e| matches!(e, E::HeaderTooLarge { .. })),
+        ("header length u64::MAX", { let mut b = good.clone(); b[..8].copy_from_slice(&u64::MAX.to_le_bytes()); b }, |e| matches!(e, E::HeaderTooLarge { .. })),
+        ("only the length", good[..8].to_vec(), |e| matches!(e, E::HeaderBeyondFile { .. })),
+        ("header not UTF-8", { let mut b = 8u64.to_le_bytes().to_vec(); b.extend(b"{\"\xff\":{}}"); b }, |e| matches!(e, E::HeaderJson(_))),
+        ("header JSON not an object", { let mut b = 2u64.to_le_bytes().to_vec(); b.extend(b"[]"); b }, |e| matches!(e, E::HeaderJson(_))),
+        ("tensor entry not an object", raw(json!({"__metadata__": meta("none", &[]), "table": 5}), &[0u8; 256]), |e| matches!(e, E::Safetensors(_))),
+        ("metadata value not a string", raw(json!({"__metadata__": {"format": 1}, "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]}}), &[0u8; 256]), |e| matches!(e, E::Safetensors(_))),
+        ("metrics not JSON", dense(meta("none", &[("metrics", "{oops")])), |e| matches!(e, E::BadMetadata { key: "metrics", .. })),
+        ("version not a number", dense(meta("none", &[("version", "1.0")])), |e| matches!(e, E::UnsupportedVersion { .. })),
         ("header not JSON", { let mut b = 5u64.to_le_bytes().to_vec(); b.extend(b"{{{{{"); b }, |e| matches!(e, E::HeaderJson(_))),
         ("offset out of range", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 1024]}}), &[0u8; 256]), |e| matches!(e, E::OffsetOutOfRange { .. })),
         ("offset end before start", raw(json!({"__metadata__": meta("none", &[]), "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [200, 100]}}), &[0u8; 256]), |e| matches!(e, E::OffsetOutOfRange { .. })),

@@ -120,6 +120,10 @@ pub fn compress_bundle(
         }
     };
     let max_length = match opts.max_length {
+        // longer inputs would slice past the body's position table at run time
+        Some(n) if n > default_len => {
+            return Err(Error::Usage(format!("--max-length {n} is beyond the model's {default_len} positions")));
+        }
         Some(n) => n,
         None => sentence_max_len(&dir).unwrap_or(128).min(default_len),
     };
