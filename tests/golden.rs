@@ -27,7 +27,7 @@ fn bundle_of(model: &Path, name: &str) -> PathBuf {
     let out = common::root().join("target/test-bundles").join(name);
     let opts = BundleOptions {
         table: CompressOptions { method: Method::None, ..CompressOptions::default() },
-        weights: WeightScheme::F32,
+        weights: Some(WeightScheme::F32),
         max_length: Some(128),
         corpus: None,
         tokenizer: None,
