@@ -2,8 +2,8 @@
 # The results table: compress all-MiniLM-L6-v2 with every method at ratios 2, 3, 5, 10,
 # then measure each bundle against the lossless one (sentence cosine over BBC News at
 # 128 tokens) and train a head on each (held-out accuracy, seed 0).
-# Writes out/results/{compress,eval,head}.jsonl and prints a markdown table.
-# Usage: bash tools/results.sh [--no-heads]
+# Writes out/results/{compress,eval}.jsonl and prints a markdown table.
+# Usage: bash tools/results.sh [--eval-only]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash models/fetch.sh
@@ -12,12 +12,13 @@ bin=target/debug/embslim
 model=models/all-MiniLM-L6-v2
 res=out/results
 mkdir -p $res
-: > $res/compress.jsonl
 run() { # name args...
   local name=$1; shift
-  $bin compress --model $model --out $res/$name --json "$@" >> $res/compress.jsonl
+  $bin compress --model $model --out $res/$name --weights f32 --json "$@" >> $res/compress.jsonl
   echo "$name" >&2
 }
+if [[ ${1:-} != --eval-only ]]; then
+: > $res/compress.jsonl
 run none --method none
 run int8 --method int8
 run int4 --method int4
@@ -26,12 +27,8 @@ for r in 2 3 5 10; do
   run direction-r$r --method direction --ratio $r
   run direction-svdinit-r$r --method direction --ratio $r --init svd
 done
-bundles=$(ls -d $res/*/ | grep -v '/none/$')
-$bin eval $bundles --reference $res/none --data models/bbc-news --max-length 128 --json > $res/eval.jsonl
-if [[ ${1:-} != --no-heads ]]; then
-  : > $res/head.jsonl
-  for b in $res/none $bundles; do
-    echo "{\"bundle\": \"${b%/}\", \"head\": $($bin train-head $b --data models/bbc-news --max-length 128 --json)}" >> $res/head.jsonl
-  done
 fi
+# one pass per bundle: sentence cosine against the lossless bundle and the held-out
+# accuracy of a head fitted on that bundle's embeddings (train-head's split and C choice)
+$bin eval $res/*/ --reference $res/none --data models/bbc-news --max-length 128 --accuracy --json --threads 1 > $res/eval.jsonl
 python3 tools/results_table.py $res

@@ -14,14 +14,12 @@ def lines(name):
 
 comp = {os.path.basename(c["out"].rstrip("/")): c for c in lines("compress.jsonl")}
 ev = {os.path.basename(e["bundle"].rstrip("/")): e for e in lines("eval.jsonl")}
-hd = {os.path.basename(h["bundle"].rstrip("/")): h["head"] for h in lines("head.jsonl")}
 print("| bundle | method | rank | ratio (params) | ratio (bytes) | token cos mean | p5 | weighted | rmse | norm ratio | train s | sentence cos mean | p5 | min | BBC accuracy |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 f = lambda v, p=4: "n/a" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
 for name, c in comp.items():
     e = ev.get(name, {})
-    h = hd.get(name, {})
-    acc = h.get("accuracy")
+    acc = e.get("accuracy")
     print(f"| {name} | {c['method']} | {f(c['rank'])} | {f(c['ratio_params'], 2)} | {f(c['ratio_bytes'], 2)} | "
           f"{f(c['token_cos_mean'])} | {f(c['token_cos_p5'])} | {f(c['token_cos_weighted'])} | {f(c['rmse'])} | "
           f"{f(c['norm_ratio'])} | {f(c['train_seconds'], 1)} | {f(e.get('cos_mean'))} | {f(e.get('cos_p5'))} | "

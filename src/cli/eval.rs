@@ -27,6 +27,11 @@ pub struct Args {
     pub batch: usize,
     #[command(flatten)]
     pub run: RunArgs,
+    /// Also fit a head on each bundle's embeddings of the (labelled) data and report its
+    /// held-out accuracy (the train-head split and C selection; nothing is stored).
+    #[cfg(feature = "train")]
+    #[arg(long)]
+    pub accuracy: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -39,10 +44,21 @@ struct EvalReport {
     cos_min: f64,
     n: usize,
     truncated: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    macro_f1: Option<f64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let corpus = embslim::corpus::load(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
+    #[cfg(feature = "train")]
+    let labelled = if args.accuracy {
+        anyhow::ensure!(args.limit.is_none(), "--accuracy uses every document: drop --limit");
+        Some(embslim::corpus::load_labelled(&args.data).with_context(|| format!("reading labelled {}", args.data.display()))?)
+    } else {
+        None
+    };
     if let Some(w) = corpus.lossy_warning() {
         eprintln!("{w}");
     }
@@ -56,6 +72,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let got = args.run.open(path)?.embed_many(&texts, args.batch, |k| bar.set_position(k as u64))?;
         let mut cos: Vec<f32> = got.iter().zip(&reference).map(|(x, y)| embslim::pool::cosine(&x.embedding, &y.embedding)).collect();
         let cos_min = cos.iter().fold(f32::INFINITY, |m, c| m.min(*c));
+        #[allow(unused_mut)]
+        let (mut accuracy, mut macro_f1) = (None, None);
+        #[cfg(feature = "train")]
+        if let Some(data) = &labelled {
+            // load_labelled reads the same files in the same sorted order as load
+            anyhow::ensure!(data.texts.len() == got.len(), "{}: not every document is inside a class folder", args.data.display());
+            let d = got.first().map(|e| e.embedding.len()).unwrap_or(0);
+            let flat: Vec<f32> = got.iter().flat_map(|e| e.embedding.iter().copied()).collect();
+            let opts = embslim::export::HeadOptions { test_fraction: 0.2, seed: 0, c: None, batch: args.batch };
+            let f = embslim::export::fit_head(&flat, d, data, &opts, |_, _, _| {})?;
+            accuracy = Some(f.accuracy);
+            macro_f1 = Some(f.macro_f1);
+        }
         let report = EvalReport {
             bundle: path.display().to_string(),
             cos_mean: cos.iter().map(|c| f64::from(*c)).sum::<f64>() / n.max(1) as f64,
@@ -63,6 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cos_min: f64::from(cos_min),
             n,
             truncated: got.iter().filter(|e| e.truncated).count(),
+            accuracy,
+            macro_f1,
         };
         bar.suspend(|| if args.json { output::json_line(&report) } else { output::key_value_table(&report) })?;
     }

@@ -397,40 +397,16 @@ pub fn train_head(
     }
     check_replaceable(bundle.dir())?;
     check_writable(bundle.dir())?;
-    let k = data.labels.len();
     let d = bundle.manifest.dim;
     let t0 = std::time::Instant::now();
     let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
     let emb = bundle.embed_many(&texts, opts.batch, embed_progress)?;
     let embed_seconds = t0.elapsed().as_secs_f64();
-    let (train_idx, test_idx) = train::head::stratified_split(&data.classes, k, opts.test_fraction, opts.seed);
-    if train_idx.is_empty() {
-        return Err(Error::Usage("the split leaves no training documents".into()));
-    }
-    let gather = |idx: &[usize]| -> (Vec<f32>, Vec<usize>) {
-        (idx.iter().flat_map(|&i| emb[i].embedding.iter().copied()).collect(), idx.iter().map(|&i| data.classes[i]).collect())
-    };
-    let (xtr, ytr) = gather(&train_idx);
     let t1 = std::time::Instant::now();
-    let (c, cv_accuracy) = match opts.c {
-        Some(c) => (c, None),
-        None => {
-            let (c, acc) = train::head::choose_c(&xtr, &ytr, k, d, &C_GRID, 5, opts.seed);
-            (c, Some(acc))
-        }
-    };
-    let fit = train::head::fit(&xtr, &ytr, k, d, c, &mut fit_progress);
+    let flat: Vec<f32> = emb.iter().flat_map(|e| e.embedding.iter().copied()).collect();
+    let fitted = fit_head(&flat, d, data, opts, &mut fit_progress)?;
     let fit_seconds = t1.elapsed().as_secs_f64();
-    let head = crate::head::Head { labels: data.labels.clone(), weight: fit.weight, bias: fit.bias, dim: d };
-    let (xte, yte) = gather(&test_idx);
-    let pred: Vec<usize> = xte
-        .chunks_exact(d)
-        .map(|x| {
-            let p = head.probabilities(x);
-            (0..k).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0)
-        })
-        .collect();
-    let (accuracy, macro_f1, confusion) = train::head::scores(&yte, &pred, k);
+    let FittedHead { head, accuracy, macro_f1, confusion, n_train, n_test, c, cv_accuracy, iterations } = fitted;
 
     let head_bytes = head.serialize().map_err(|msg| Error::bundle(bundle.dir().join(HEAD_FILE), msg))?;
     let mut manifest = bundle.manifest.clone();
@@ -438,7 +414,7 @@ pub fn train_head(
     manifest.files.insert(HEAD_FILE.into(), FileEntry { sha256: sha256_bytes(&head_bytes), bytes: head_bytes.len() as u64 });
     if let Some(m) = manifest.metrics.as_object_mut() {
         m.insert("head".into(), serde_json::json!({
-            "accuracy": accuracy, "macro_f1": macro_f1, "n_train": train_idx.len(), "n_test": test_idx.len(),
+            "accuracy": accuracy, "macro_f1": macro_f1, "n_train": n_train, "n_test": n_test,
             "test_fraction": opts.test_fraction, "seed": opts.seed, "c": c,
         }));
     }
@@ -446,16 +422,62 @@ pub fn train_head(
     Ok(HeadReport {
         accuracy,
         macro_f1,
-        n_train: train_idx.len(),
-        n_test: test_idx.len(),
+        n_train,
+        n_test,
         labels: data.labels.clone(),
         confusion,
         docs_per_second: texts.len() as f64 / embed_seconds.max(1e-9),
         embed_seconds,
         fit_seconds,
-        iterations: fit.iterations,
+        iterations,
         c,
         cv_accuracy,
         lossy_documents: data.lossy.clone(),
     })
+}
+
+/// A head fitted on a stratified split of embedded, labelled documents, with its held-out scores.
+pub struct FittedHead {
+    pub head: crate::head::Head,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub confusion: Vec<Vec<usize>>,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub c: f64,
+    pub cv_accuracy: Option<f64>,
+    pub iterations: usize,
+}
+
+/// Split `emb` (one row of width `d` per document of `data`), fit the head on the
+/// training part (C by cross-validation unless given) and score it on the held-out part.
+pub fn fit_head(
+    emb: &[f32],
+    d: usize,
+    data: &crate::corpus::Labelled,
+    opts: &HeadOptions,
+    fit_progress: impl FnMut(usize, f64, f64),
+) -> Result<FittedHead> {
+    let k = data.labels.len();
+    let (train_idx, test_idx) = train::head::stratified_split(&data.classes, k, opts.test_fraction, opts.seed);
+    if train_idx.is_empty() {
+        return Err(Error::Usage("the split leaves no training documents".into()));
+    }
+    let gather = |idx: &[usize]| -> (Vec<f32>, Vec<usize>) {
+        (idx.iter().flat_map(|&i| emb[i * d..(i + 1) * d].iter().copied()).collect(), idx.iter().map(|&i| data.classes[i]).collect())
+    };
+    let (xtr, ytr) = gather(&train_idx);
+    let (c, cv_accuracy) = match opts.c {
+        Some(c) => (c, None),
+        None => {
+            let (c, acc) = train::head::choose_c(&xtr, &ytr, k, d, &C_GRID, 5, opts.seed);
+            (c, Some(acc))
+        }
+    };
+    let fit = train::head::fit(&xtr, &ytr, k, d, c, fit_progress);
+    let head = crate::head::Head { labels: data.labels.clone(), weight: fit.weight, bias: fit.bias, dim: d };
+    let (xte, yte) = gather(&test_idx);
+    let pred: Vec<usize> = xte.chunks_exact(d).map(|x| train::head::predict(&head.weight, &head.bias, x, d)).collect();
+    let (accuracy, macro_f1, confusion) = train::head::scores(&yte, &pred, k);
+    Ok(FittedHead { head, accuracy, macro_f1, confusion, n_train: train_idx.len(), n_test: test_idx.len(), c, cv_accuracy, iterations: fit.iterations })
 }
