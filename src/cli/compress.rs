@@ -20,7 +20,7 @@ pub struct Args {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
-    /// How the token table is stored. The default (int4, with an int8 body) was chosen by
+    /// How the token table is stored. The default (int4, with an int4 body) was chosen by
     /// measurement: see the README's results.
     #[arg(long, value_enum, default_value_t = Method::Int4)]
     method: Method,
@@ -50,7 +50,7 @@ pub struct Args {
     /// tokenizer.json for the corpus (default: the one beside the model).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Storage of the body's MatMul weights (default: int8 for a checkpoint; an ONNX
+    /// Storage of the body's MatMul weights (default: int4 for a checkpoint; an ONNX
     /// model keeps its own f32 weights).
     #[arg(long, value_enum)]
     weights: Option<WeightScheme>,
