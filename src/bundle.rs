@@ -232,6 +232,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let not_found = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound if !dir.is_dir() => Error::bundle(dir, "no such bundle directory"),
+        std::io::ErrorKind::NotADirectory => Error::bundle(dir, "is not a bundle directory"),
         std::io::ErrorKind::NotFound => Error::bundle(&path, "missing: not a bundle directory (or an unfinished one)"),
         _ => Error::io(&path, e),
     };

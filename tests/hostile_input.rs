@@ -12,7 +12,7 @@
 //! | a line over 16 MiB (here 40 MB)         | only its first 16 MiB are kept (the rest is read and dropped), so memory |
 //! |                                         | stays bounded; embedded from its first tokens; exit 0                    |
 //! | stdout closed early (`\| head -1`)      | quiet stop, exit 0 (tests/cli.rs)                                         |
-//! | no such bundle directory                | "no such bundle directory"; exit 2                                        |
+//! | no such bundle directory, or a file     | "no such bundle directory" / "is not a bundle directory"; exit 2          |
 //! | compress into a read-only directory     | fails before any training, naming the directory; exit 3; nothing left    |
 //! | compress below a path that is a file    | fails before any training, naming it; exit 3                              |
 //! | compress over a directory that is not a | refused, naming the first foreign file; exit 2; the directory is intact  |
@@ -215,6 +215,12 @@ fn a_missing_bundle_is_a_usage_error() {
     let out = embslim().arg("embed").arg("/nonexistent/bundle").arg("hello").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/bundle: no such bundle directory"));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = embslim().arg("embed").arg(&file).arg("hello").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("file: is not a bundle directory"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A tmpfs mounted at a fresh temporary directory, unmounted when dropped.
