@@ -159,7 +159,12 @@ pub fn build_body(dir: &Path, scheme: WeightScheme) -> Result<(ModelProto, BertC
     let two = g.init_i64("c_i64_2", &[1], &[2]);
     let zero = g.init_i64("c_i64_0", &[1], &[0]);
     let seq = g.node("Slice", &[&shape, &one, &two, &zero], vec![]);
-    let pos_table = g.init_f32("position_embeddings", &[cfg.max_position_embeddings, d], &ck.get("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, d])?);
+    let positions = ck.get("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, d])?;
+    // a quantized body stores the position table in f16 too (0.4 MB less for MiniLM)
+    let pos_table = match scheme {
+        WeightScheme::F32 => g.init_f32("position_embeddings", &[cfg.max_position_embeddings, d], &positions),
+        _ => g.init_f16_as_f32("position_embeddings", &[cfg.max_position_embeddings, d], &positions),
+    };
     let pos = g.node("Slice", &[&pos_table, &zero, &seq, &zero], vec![]);
     let mut e = g.node("Add", &["inputs_embeds", &pos], vec![]);
     if cfg.type_vocab_size > 0 {

@@ -46,6 +46,19 @@ impl Graph {
         name.to_string()
     }
 
+    /// A constant stored as f16 and cast to f32 in the graph (folded by tract at load).
+    pub fn init_f16_as_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        let stored = format!("{name}_f16");
+        self.inits.push(TensorProto {
+            name: stored.clone(),
+            dims: dims.iter().map(|d| *d as i64).collect(),
+            data_type: DataType::Float16 as i32,
+            raw_data: data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        self.node("Cast", &[&stored], vec![attr_int("to", DataType::Float as i64)])
+    }
+
     /// A scalar u8 constant, deduplicated by name.
     pub fn init_u8(&mut self, name: &str, v: u8) -> String {
         if !self.inits.iter().any(|t| t.name == name) {

@@ -5,7 +5,6 @@
 //! small constant subgraph (Cast / Mul / integer Div and Mod) that tract folds once, at
 //! load time; see the README for what that means for speed and memory.
 
-use half::f16;
 use tract_onnx::pb::{tensor_proto::DataType, TensorProto};
 
 use super::graph::{attr_int, attr_ints, Graph};
@@ -46,11 +45,7 @@ impl WeightScheme {
         let (n_in, n_out, name) = (lin.n_in, lin.n_out, lin.name.as_str());
         let w = match self {
             WeightScheme::F32 => g.init_f32(&format!("{name}.weight"), &[n_in, n_out], &lin.weight),
-            WeightScheme::F16 => {
-                let bytes = lin.weight.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
-                g.inits.push(raw(&format!("{name}.weight_f16"), DataType::Float16, &[n_in, n_out], bytes));
-                g.node("Cast", &[&format!("{name}.weight_f16")], vec![attr_int("to", DataType::Float as i64)])
-            }
+            WeightScheme::F16 => g.init_f16_as_f32(&format!("{name}.weight"), &[n_in, n_out], &lin.weight),
             WeightScheme::Int8 => {
                 // symmetric int8 per output channel: W[:, o] = q[:, o] * scale[o]
                 let (q, scale) = quant::int8_rows(&lin.rows(), n_in);
