@@ -11,7 +11,7 @@ bin=target/debug/embslim
 model=models/all-MiniLM-L6-v2
 mkdir -p out
 echo "== compress: lossless reference bundle"
-$bin compress --model $model --out out/minilm-lossless --method none
+$bin compress --model $model --out out/minilm-lossless --method none --weights f32
 echo "== compress: default bundle"
 $bin compress --model $model --out out/minilm-default
 echo "== eval: default vs lossless sentence embeddings, BBC News at 128 tokens"
