@@ -156,6 +156,10 @@ pub fn head_bundle() -> PathBuf {
 /// tests can run it many times (kill tests, full disks). Built once, cached.
 pub fn tiny_bert(dim: usize) -> PathBuf {
     let dir = bundle_dir(&format!("tiny-bert-{dim}"));
+    // tests of one binary run on threads of one process: without the lock two of them would
+    // share the pid-named staging directory below and delete each other's files
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if dir.join("model.safetensors").exists() {
         return dir;
     }
