@@ -32,7 +32,22 @@ ensure_rust_target "$TARGET"
 
 cd "$ROOT"
 start=$(date +%s)
-cargo build --locked --bin embslim --no-default-features --profile "$PROFILE" --target "$TARGET"
+EXTRA=()
+prefix="$(gnu_prefix_for "$TARGET")"
+if [ "$PROFILE" = release ] && [ -n "$prefix" ]; then
+    # link through cross/nocfi-link.sh: drops the unwind tables panic = "abort" never uses
+    export CROSS_LINKER="$prefix-gcc" CROSS_OBJCOPY="$prefix-objcopy"
+    EXTRA+=(--config "target.$TARGET.linker=\"$ROOT/cross/nocfi-link.sh\"")
+    # non-PIE: a PIE this size carries 1.1 MB of relative relocations (.rela.dyn). Only
+    # here, not in .cargo/config.toml, so the tests' build (and its CI cache) is unchanged.
+    # Android requires PIE: its targets have no gnu prefix and never get here.
+    EXTRA+=(--config "target.$TARGET.rustflags=[\"-C\", \"relocation-model=static\"]")
+fi
+if [ "$TARGET" = aarch64-unknown-linux-musl ]; then
+    # cc-rs (tract-linalg's assembly kernels) would look for aarch64-linux-musl-gcc
+    export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
+fi
+cargo build --locked --bin embslim --no-default-features --profile "$PROFILE" --target "$TARGET" "${EXTRA[@]}"
 secs=$(( $(date +%s) - start ))
 
 mkdir -p "target/$TARGET/$DIR"

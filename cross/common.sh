@@ -29,6 +29,15 @@ runner_for() {
     esac
 }
 
+# The Debian cross toolchain prefix used for $1 (its gcc links, its objcopy edits objects).
+gnu_prefix_for() {
+    case "$1" in
+        aarch64-unknown-linux-gnu | aarch64-unknown-linux-musl) echo aarch64-linux-gnu ;;
+        armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
+        *) echo "" ;;
+    esac
+}
+
 # Debian packages: the cross linkers, their C libraries, qemu-user. Installed only when a
 # needed command or sysroot is missing; `apt-get update` only when installing.
 ensure_apt() {

@@ -18,6 +18,12 @@
 //! | int8              | `rows` I8 [V, d], `row_scale` F32 [V]                            |
 //! | int4              | `blocks` U8 [V, d/2] (two 4-bit values a byte, low nibble first),|
 //! |                   | `block_scale` F16 [V, d/32] (ggml Q4_0: x = (q - 8) * scale)      |
+//! | mixed             | per tier i (metadata `tiers`: rows, bits b, block B of each):    |
+//! |                   | `tier{i}.codes` U8 [rows, d b/8] (b-bit codes, LSB first),       |
+//! |                   | `tier{i}.scale` F16 [rows, d/B]: x = (2q + 1 - 2^b) * scale      |
+//!
+//! A mixed table stores consecutive runs of rows ("tiers") at different bit widths, so
+//! the bits go where real text is: frequent tokens' rows get more bits than rare ones.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,6 +38,16 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Values per 4-bit block; each block has one f16 scale.
 pub const Q4_BLOCK: usize = 32;
+/// Most tiers a mixed table may have (tensor names are fixed strings).
+pub const MAX_TIERS: usize = 12;
+const TIER_CODES: [&str; MAX_TIERS] = [
+    "tier0.codes", "tier1.codes", "tier2.codes", "tier3.codes", "tier4.codes", "tier5.codes",
+    "tier6.codes", "tier7.codes", "tier8.codes", "tier9.codes", "tier10.codes", "tier11.codes",
+];
+const TIER_SCALE: [&str; MAX_TIERS] = [
+    "tier0.scale", "tier1.scale", "tier2.scale", "tier3.scale", "tier4.scale", "tier5.scale",
+    "tier6.scale", "tier7.scale", "tier8.scale", "tier9.scale", "tier10.scale", "tier11.scale",
+];
 
 /// How the table is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -47,6 +63,9 @@ pub enum Method {
     Int8,
     /// 4-bit blocks of 32 with an f16 scale (ggml Q4_0).
     Int4,
+    /// Rows in tiers of 1-8 bit blocks with least-squares scales; bits allocated by
+    /// corpus frequency under a byte budget (`--ratio`).
+    Mixed,
 }
 
 impl Method {
@@ -57,13 +76,14 @@ impl Method {
             Method::Direction => "direction",
             Method::Int8 => "int8",
             Method::Int4 => "int4",
+            Method::Mixed => "mixed",
         }
     }
     pub fn is_factorized(self) -> bool {
         matches!(self, Method::Svd | Method::Direction)
     }
     fn parse(s: &str) -> Option<Self> {
-        [Method::None, Method::Svd, Method::Direction, Method::Int8, Method::Int4]
+        [Method::None, Method::Svd, Method::Direction, Method::Int8, Method::Int4, Method::Mixed]
             .into_iter()
             .find(|m| m.name() == s)
     }
@@ -136,6 +156,72 @@ pub enum FormatError {
     BadRowOrder { token: usize, row: usize },
     #[error("token id {token} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { token: usize, vocab: usize },
+    #[error("tier {tier}: {why}")]
+    BadTier { tier: usize, why: String },
+}
+
+/// One run of rows of a mixed table, all stored with `bits`-bit codes in blocks of `block`
+/// values sharing one f16 scale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierSpec {
+    pub rows: usize,
+    pub bits: u8,
+    pub block: usize,
+}
+
+impl TierSpec {
+    /// Stored bits per table value, scales included.
+    pub fn bits_per_value(&self) -> f64 {
+        f64::from(self.bits) + 16.0 / self.block as f64
+    }
+    /// Bytes of one row's codes (d values).
+    pub fn row_bytes(&self, d: usize) -> usize {
+        d * self.bits as usize / 8
+    }
+    /// Check that rows of width `d` pack into whole bytes per block.
+    fn check(&self, d: usize, tier: usize) -> Result<(), FormatError> {
+        let bad = |why: String| Err(FormatError::BadTier { tier, why });
+        if !(1..=8).contains(&self.bits) {
+            return bad(format!("{} bits per value, expected 1 to 8", self.bits));
+        }
+        if self.block == 0 || d % self.block != 0 {
+            return bad(format!("block of {} does not divide the width {d}", self.block));
+        }
+        if (self.block * self.bits as usize) % 8 != 0 {
+            return bad(format!("a block of {} {}-bit values is not a whole number of bytes", self.block, self.bits));
+        }
+        Ok(())
+    }
+}
+
+/// A tier's codes and scales, borrowed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tier<'a> {
+    pub spec: TierSpec,
+    pub codes: &'a [u8],
+    pub scale: &'a [f16],
+}
+
+/// Decode one row of `bits`-bit codes (LSB-first bit stream) with per-block scales;
+/// `Err(block)` names a block whose scale is not finite.
+pub fn decode_kbit(codes: &[u8], scales: &[f16], bits: u8, block: usize, out: &mut [f32]) -> Result<(), usize> {
+    let b = bits as usize;
+    let mask = (1u16 << b) - 1;
+    let offset = (1i32 << b) - 1;
+    for (blk, (dst, s)) in out.chunks_exact_mut(block).zip(scales).enumerate() {
+        let s = s.to_f32();
+        if !s.is_finite() {
+            return Err(blk);
+        }
+        for (i, o) in dst.iter_mut().enumerate() {
+            let bit = (blk * block + i) * b;
+            let lo = codes[bit / 8] as u16;
+            let hi = codes.get(bit / 8 + 1).copied().unwrap_or(0) as u16;
+            let q = (((hi << 8) | lo) >> (bit % 8)) & mask;
+            *o = (2 * q as i32 - offset) as f32 * s;
+        }
+    }
+    Ok(())
 }
 
 /// What the metadata of a factor file declares.
@@ -148,8 +234,11 @@ pub struct Header {
     pub rank: Option<usize>,
     /// Storage of the codes of a factorized table.
     pub codes: Option<CodesDtype>,
-    /// Rows stored in corpus-frequency order, with a `row_of_token` tensor.
+    /// Rows stored in an order of their own (corpus frequency; for mixed, by tier and
+    /// then frequency), with a `row_of_token` tensor.
     pub frequency_order: bool,
+    /// The tiers of a mixed table, in row order (empty for other methods).
+    pub tiers: Vec<TierSpec>,
     /// sha256 of the checkpoint the table was read from.
     pub source_sha256: String,
     /// Training and evaluation metrics (free-form JSON object).
@@ -170,6 +259,8 @@ pub enum Table<'a> {
     LowRank { codes: Codes<'a>, decoder: &'a [f32], bias: &'a [f32] },
     Int8Rows { q: &'a [i8], scale: &'a [f32] },
     Q4Blocks { q: &'a [u8], scale: &'a [f16] },
+    /// The first `n` entries of `tiers` are used.
+    Tiered { tiers: [Tier<'a>; MAX_TIERS], n: usize },
 }
 
 /// A validated factor file: header plus zero-copy views of its tensors.
@@ -226,6 +317,19 @@ impl<'a> Factors<'a> {
                     }
                 }
             }
+            Table::Tiered { tiers, n } => {
+                let mut first = 0;
+                for t in &tiers[..n] {
+                    if token < first + t.spec.rows {
+                        let (r, nb, rb) = (token - first, d / t.spec.block, t.spec.row_bytes(d));
+                        let scales = &t.scale[r * nb..(r + 1) * nb];
+                        return decode_kbit(&t.codes[r * rb..(r + 1) * rb], scales, t.spec.bits, t.spec.block, out)
+                            .map_err(|blk| FormatError::NonFinite { tensor: "tier scale", index: r * nb + blk });
+                    }
+                    first += t.spec.rows;
+                }
+                unreachable!("parse checked that the tiers cover every row");
+            }
             Table::LowRank { codes, decoder, bias } => {
                 let k = decoder.len() / d;
                 out.copy_from_slice(bias);
@@ -256,6 +360,7 @@ impl<'a> Factors<'a> {
             Table::Dense(t) => b(t),
             Table::Int8Rows { q, scale } => b(q) + b(scale),
             Table::Q4Blocks { q, scale } => b(q) + b(scale),
+            Table::Tiered { tiers, n } => tiers[..n].iter().map(|t| b(t.codes) + b(t.scale)).sum(),
             Table::LowRank { codes, decoder, bias } => {
                 b(decoder)
                     + b(bias)
@@ -274,6 +379,7 @@ impl<'a> Factors<'a> {
             Table::Dense(t) => t.len(),
             Table::Int8Rows { q, scale } => q.len() + scale.len(),
             Table::Q4Blocks { q, scale } => q.len() * 2 + scale.len(),
+            Table::Tiered { tiers, n } => tiers[..n].iter().map(|t| t.codes.len() * 8 / t.spec.bits as usize + t.scale.len()).sum(),
             Table::LowRank { codes, decoder, bias } => {
                 decoder.len()
                     + bias.len()
@@ -305,14 +411,17 @@ pub fn parse(bytes: &[u8]) -> Result<Factors<'_>, FormatError> {
     let (v, d) = (header.vocab, header.dim);
     let vd = v.checked_mul(d).ok_or(FormatError::Overflow("vocab * dim"))?;
 
+    let nt = header.tiers.len();
     let allowed: &[&str] = match header.method {
         Method::None => &["table"],
         Method::Int8 => &["rows", "row_scale"],
         Method::Int4 => &["blocks", "block_scale"],
         Method::Svd | Method::Direction => &["codes", "codes_scale", "decoder", "bias"],
+        Method::Mixed => &[],
     };
+    let is_tier_tensor = |name: &str| TIER_CODES[..nt].contains(&name) || TIER_SCALE[..nt].contains(&name);
     for name in st.names() {
-        if !allowed.contains(&name.as_str()) && !(header.frequency_order && name == "row_of_token") {
+        if !allowed.contains(&name.as_str()) && !is_tier_tensor(name) && !(header.frequency_order && name == "row_of_token") {
             return Err(FormatError::UnexpectedTensor(name.clone()));
         }
     }
@@ -331,6 +440,18 @@ pub fn parse(bytes: &[u8]) -> Result<Factors<'_>, FormatError> {
                 q: cast(&st, "blocks", Dtype::U8, &[v, d / 2])?,
                 scale: cast(&st, "block_scale", Dtype::F16, &[v, d / Q4_BLOCK])?,
             }
+        }
+        Method::Mixed => {
+            let mut tiers = [Tier::default(); MAX_TIERS];
+            for (i, spec) in header.tiers.iter().enumerate() {
+                // parse_header checked each spec and that the rows sum to V
+                tiers[i] = Tier {
+                    spec: *spec,
+                    codes: cast(&st, TIER_CODES[i], Dtype::U8, &[spec.rows, spec.row_bytes(d)])?,
+                    scale: cast(&st, TIER_SCALE[i], Dtype::F16, &[spec.rows, d / spec.block])?,
+                };
+            }
+            Table::Tiered { tiers, n: nt }
         }
         Method::Svd | Method::Direction => {
             let k = header.rank.ok_or(FormatError::MissingKey("rank"))?;
@@ -449,7 +570,26 @@ fn parse_header(meta: &HashMap<String, String>) -> Result<Header, FormatError> {
         Some("frequency") => true,
         Some(other) => return Err(FormatError::BadMetadata { key: "row_order", value: other.to_string(), why: "expected token or frequency" }),
     };
-    Ok(Header { method, vocab, dim, rank, codes, frequency_order, source_sha256, metrics })
+    let tiers = if method == Method::Mixed { parse_tiers(get("tiers")?, vocab, dim)? } else { Vec::new() };
+    Ok(Header { method, vocab, dim, rank, codes, frequency_order, tiers, source_sha256, metrics })
+}
+
+fn parse_tiers(s: &str, vocab: usize, dim: usize) -> Result<Vec<TierSpec>, FormatError> {
+    let bad = |why| FormatError::BadMetadata { key: "tiers", value: s.chars().take(80).collect(), why };
+    let tiers: Vec<TierSpec> = serde_json::from_str(s).map_err(|_| bad("expected a JSON list of {rows, bits, block}"))?;
+    if tiers.is_empty() || tiers.len() > MAX_TIERS {
+        return Err(bad("expected 1 to 12 tiers"));
+    }
+    let mut rows = 0usize;
+    for (i, t) in tiers.iter().enumerate() {
+        t.check(dim, i)?;
+        rows = rows.checked_add(t.rows).ok_or(FormatError::Overflow("tier rows"))?;
+        t.rows.checked_mul(dim).ok_or(FormatError::Overflow("tier rows * dim"))?;
+    }
+    if rows != vocab {
+        return Err(bad("the tiers' rows do not add up to the vocabulary"));
+    }
+    Ok(tiers)
 }
 
 trait Elem: bytemuck::Pod {
@@ -511,6 +651,8 @@ pub enum OwnedTable {
     LowRank { codes: OwnedCodes, decoder: Vec<f32>, bias: Vec<f32> },
     Int8Rows { q: Vec<i8>, scale: Vec<f32> },
     Q4Blocks { q: Vec<u8>, scale: Vec<f16> },
+    /// Built in its final row order (the tiers fix which rows go where).
+    Tiered(Vec<(TierSpec, Vec<u8>, Vec<f16>)>),
 }
 
 #[derive(Clone, Debug)]
@@ -534,6 +676,7 @@ impl OwnedTable {
             OwnedTable::Q4Blocks { q, scale } => {
                 OwnedTable::Q4Blocks { q: permute(q, dim / 2, order), scale: permute(scale, dim / Q4_BLOCK, order) }
             }
+            OwnedTable::Tiered(_) => unreachable!("a mixed table is built in its final row order"),
             OwnedTable::LowRank { codes, decoder, bias } => {
                 let k = decoder.len() / dim;
                 let codes = match codes {
@@ -551,6 +694,13 @@ impl OwnedTable {
             OwnedTable::Dense(t) => Table::Dense(t),
             OwnedTable::Int8Rows { q, scale } => Table::Int8Rows { q, scale },
             OwnedTable::Q4Blocks { q, scale } => Table::Q4Blocks { q, scale },
+            OwnedTable::Tiered(ts) => {
+                let mut tiers = [Tier::default(); MAX_TIERS];
+                for (slot, (spec, codes, scale)) in tiers.iter_mut().zip(ts) {
+                    *slot = Tier { spec: *spec, codes, scale };
+                }
+                Table::Tiered { tiers, n: ts.len() }
+            }
             OwnedTable::LowRank { codes, decoder, bias } => Table::LowRank {
                 codes: match codes {
                     OwnedCodes::F32(z) => Codes::F32(z),
@@ -583,6 +733,9 @@ pub fn serialize(header: &Header, table: &Table<'_>, row_of_token: Option<&[u32]
     if header.frequency_order {
         meta.insert("row_order".to_string(), "frequency".to_string());
     }
+    if header.method == Method::Mixed {
+        meta.insert("tiers".to_string(), serde_json::to_string(&header.tiers).map_err(|e| FormatError::Safetensors(e.to_string()))?);
+    }
     meta.insert("metrics".to_string(), header.metrics.to_string());
 
     let mut tensors: Vec<(&str, TensorView<'_>)> = Vec::new();
@@ -601,6 +754,12 @@ pub fn serialize(header: &Header, table: &Table<'_>, row_of_token: Option<&[u32]
         Table::Q4Blocks { q, scale } => {
             add(&mut tensors, "blocks", Dtype::U8, vec![v, d / 2], q)?;
             add(&mut tensors, "block_scale", Dtype::F16, vec![v, d / Q4_BLOCK], bytemuck::cast_slice(scale))?;
+        }
+        Table::Tiered { ref tiers, n } => {
+            for (i, t) in tiers[..n].iter().enumerate() {
+                add(&mut tensors, TIER_CODES[i], Dtype::U8, vec![t.spec.rows, t.spec.row_bytes(d)], t.codes)?;
+                add(&mut tensors, TIER_SCALE[i], Dtype::F16, vec![t.spec.rows, d / t.spec.block], bytemuck::cast_slice(t.scale))?;
+            }
         }
         Table::LowRank { codes, decoder, bias } => {
             match codes {

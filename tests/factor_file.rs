@@ -5,14 +5,14 @@
 
 mod common;
 
-use embslim::format::{self, CodesDtype, FormatError, Header, Method, OwnedCodes, OwnedTable, Table};
+use embslim::format::{self, CodesDtype, FormatError, Header, Method, OwnedCodes, OwnedTable, Table, TierSpec};
 use embslim::train::quant;
 use half::f16;
 use proptest::prelude::*;
 use serde_json::json;
 
 fn header(method: Method, vocab: usize, dim: usize, rank: Option<usize>, codes: Option<CodesDtype>) -> Header {
-    Header { method, vocab, dim, rank, codes, frequency_order: false, source_sha256: "ab".repeat(32), metrics: json!({"token_cos_mean": 0.5}) }
+    Header { method, vocab, dim, rank, codes, frequency_order: false, tiers: Vec::new(), source_sha256: "ab".repeat(32), metrics: json!({"token_cos_mean": 0.5}) }
 }
 
 /// A table of each kind built from `x` (V x d).
@@ -26,6 +26,22 @@ fn build(method: Method, codes: CodesDtype, x: &[f32], v: usize, d: usize, k: us
         Method::Int4 => {
             let (q, scale) = quant::q4_0(x);
             (header(method, v, d, None, None), OwnedTable::Q4Blocks { q, scale })
+        }
+        Method::Mixed => {
+            // up to three tiers of different widths, the last one possibly one row
+            let bits = [8u8, 3, 1];
+            let n = v.min(3);
+            let mut tiers = Vec::new();
+            let mut start = 0;
+            for (i, &b) in bits[..n].iter().enumerate() {
+                let rows = if i + 1 == n { v - start } else { (v / n).max(1) };
+                let spec = TierSpec { rows, bits: b, block: 32 };
+                let (q, s) = quant::kbit_rows(&x[start * d..(start + rows) * d], d, spec.bits, spec.block);
+                tiers.push((spec, q, s));
+                start += rows;
+            }
+            let h = Header { tiers: tiers.iter().map(|t| t.0).collect(), ..header(method, v, d, None, None) };
+            (h, OwnedTable::Tiered(tiers))
         }
         Method::Svd | Method::Direction => {
             let z = common::noise(v * k, 7);
@@ -52,7 +68,7 @@ fn decode_all(f: &format::Factors<'_>) -> Vec<f32> {
     out
 }
 
-const METHODS: [Method; 5] = [Method::None, Method::Svd, Method::Direction, Method::Int8, Method::Int4];
+const METHODS: [Method; 6] = [Method::None, Method::Svd, Method::Direction, Method::Int8, Method::Int4, Method::Mixed];
 const CODES: [CodesDtype; 3] = [CodesDtype::F32, CodesDtype::F16, CodesDtype::Int8];
 
 proptest! {
@@ -60,7 +76,7 @@ proptest! {
     /// Written then parsed, every method and code dtype decodes to exactly the rows of the
     /// in-memory table it was written from, with the same header.
     #[test]
-    fn round_trip(v in 1usize..40, blocks in 1usize..4, k in 1usize..8, m in 0usize..5, c in 0usize..3, seed in 0u64..1000) {
+    fn round_trip(v in 1usize..40, blocks in 1usize..4, k in 1usize..8, m in 0usize..6, c in 0usize..3, seed in 0u64..1000) {
         let d = blocks * 32;
         let x = common::noise(v * d, seed);
         let (h, t) = build(METHODS[m], CODES[c], &x, v, d, k);
@@ -76,7 +92,8 @@ proptest! {
         }
     }
 
-    /// Rows stored in frequency order decode to the same embeddings as token order.
+    /// Rows stored in frequency order decode to the same embeddings as token order (mixed
+    /// tables are built in their own order: see `mixed_rows_follow_their_order`).
     #[test]
     fn frequency_order_round_trip(v in 2usize..40, m in 0usize..5, seed in 0u64..1000) {
         let d = 32;
@@ -115,6 +132,70 @@ proptest! {
             }
         }
     }
+
+    /// The direction-aware k-bit blocks never do worse than rounding at the min/max scale
+    /// (a candidate they try), at every width: per block, squared error at most the plain
+    /// quantizer's, up to the f16 rounding of the stored scale (relative 2^-11 of the
+    /// block's energy: F16_SCALE_SLACK).
+    #[test]
+    fn kbit_blocks_beat_min_max_rounding(seed in 0u64..1000, bits in 1u8..9) {
+        const F16_SCALE_SLACK: f32 = 1e-3;
+        let (d, block) = (64, 32);
+        let x = common::noise(4 * d, seed);
+        let (q, s) = quant::kbit_rows(&x, d, bits, block);
+        let top = ((1u32 << bits) - 1) as f32;
+        for (r, row) in x.chunks_exact(d).enumerate() {
+            let mut y = vec![0f32; d];
+            let rb = d * bits as usize / 8;
+            format::decode_kbit(&q[r * rb..(r + 1) * rb], &s[r * 2..(r + 1) * 2], bits, block, &mut y).unwrap();
+            for (xb, yb) in row.chunks_exact(block).zip(y.chunks_exact(block)) {
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let step = amax / top;
+                let plain: f32 = xb.iter().map(|v| {
+                    let l = 2.0 * ((v / step + top) * 0.5).round().clamp(0.0, top) - top;
+                    (v - l * step).powi(2)
+                }).sum();
+                let ours: f32 = xb.iter().zip(yb).map(|(a, b)| (a - b).powi(2)).sum();
+                let energy: f32 = xb.iter().map(|v| v * v).sum();
+                prop_assert!(ours <= plain + F16_SCALE_SLACK * energy, "bits {bits}: {ours} > {plain}");
+            }
+        }
+    }
+}
+
+/// The mixed allocator puts every token in exactly one row, gives frequent tokens at least
+/// as many bits as rare ones, keeps to the byte budget, and its rows decode (through
+/// row_of_token) to the token's own embedding.
+#[test]
+fn mixed_rows_follow_their_order() {
+    let (v, d) = (300, 64);
+    let x = common::noise(v * d, 11);
+    let freq: Vec<u64> = (0..v as u64).map(|t| (t * 7919) % 1000).collect();
+    let budget_bits = 3.0 * (v * d) as f64;
+    let m = embslim::train::mixed::compress(&x, d, Some(&freq), budget_bits).unwrap();
+    let mut seen = m.order.clone();
+    seen.sort();
+    assert_eq!(seen, (0..v).collect::<Vec<_>>());
+    let used: f64 = m.tiers.iter().map(|t| t.bits_per_value() * (t.rows * d) as f64).sum();
+    assert!(used <= budget_bits, "{used} bits over the budget of {budget_bits}");
+    assert!(m.tiers.len() > 1, "a 3-bit budget over 1..8-bit storages must mix: {:?}", m.tiers);
+    // tiers run from most to fewest bits; by frequency within each
+    let bits_of_row: Vec<f64> = m.tiers.iter().flat_map(|t| std::iter::repeat(t.bits_per_value()).take(t.rows)).collect();
+    assert!(bits_of_row.windows(2).all(|w| w[0] >= w[1]));
+    let h = Header { tiers: m.tiers.clone(), frequency_order: true, ..header(Method::Mixed, v, d, None, None) };
+    let rows = embslim::train::row_of_token(&m.order);
+    let bytes = format::serialize(&h, &m.table.view(), Some(&rows)).unwrap();
+    let f = format::parse(&bytes).unwrap();
+    let mut y = vec![0f32; d];
+    let (mut hi, mut lo) = (0f64, 0f64);
+    for t in 0..v {
+        f.decode_row(t, &mut y).unwrap();
+        let cos = embslim::train::direction::cosine(&x[t * d..(t + 1) * d], &y);
+        // the noise rows are isotropic: even one bit keeps cos ~ sqrt(2 / pi) = 0.8
+        assert!(cos > 0.7, "token {t}: cosine {cos}");
+        if freq[t] >= 900 { hi += f64::from(cos) } else if freq[t] < 100 { lo += f64::from(cos) }
+    }
+    assert!(hi / 30.0 > lo / 30.0, "frequent tokens must be decoded better: {hi} vs {lo}");
 }
 
 /// A safetensors file from a raw header and data, for malformed cases the writer never makes.
@@ -136,6 +217,17 @@ fn meta(method: &str, extra: &[(&str, &str)]) -> serde_json::Value {
 
 fn dense(meta_v: serde_json::Value) -> Vec<u8> {
     raw(json!({"__metadata__": meta_v, "table": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]}}), &[0u8; 256])
+}
+
+/// A mixed table of 2 rows x 32 stored as one 4-bit tier, under the given `tiers` metadata.
+fn mixed(tiers: Option<&str>) -> Vec<u8> {
+    let extra: Vec<(&str, &str)> = tiers.map(|t| ("tiers", t)).into_iter().collect();
+    raw(
+        json!({"__metadata__": meta("mixed", &extra),
+               "tier0.codes": {"dtype": "U8", "shape": [2, 16], "data_offsets": [0, 32]},
+               "tier0.scale": {"dtype": "F16", "shape": [2, 1], "data_offsets": [32, 36]}}),
+        &[0u8; 36],
+    )
 }
 
 fn lowrank(decoder: &[f32], bias: &[f32]) -> Vec<u8> {
@@ -206,6 +298,22 @@ fn malformed_factor_files_are_rejected_by_the_rule_they_break() {
         ("NaN in decoder", lowrank(&nan_dec, &[0.0; 32]), |e| matches!(e, E::NonFinite { tensor: "decoder", index: 3 })),
         ("inf in bias", lowrank(&[0.5; 64], &inf_bias), |e| matches!(e, E::NonFinite { tensor: "bias", index: 31 })),
         ("int4 dim not a multiple of 32", raw(json!({"__metadata__": meta("int4", &[("dim", "48")])}), &[]), |e| matches!(e, E::BadMetadata { key: "dim", .. })),
+        ("mixed without tiers", mixed(None), |e| matches!(e, E::MissingKey("tiers"))),
+        ("tiers not JSON", mixed(Some("[{rows:2")), |e| matches!(e, E::BadMetadata { key: "tiers", .. })),
+        ("no tiers", mixed(Some("[]")), |e| matches!(e, E::BadMetadata { key: "tiers", .. })),
+        ("13 tiers", mixed(Some(&format!("[{}]", vec![r#"{"rows":0,"bits":4,"block":32}"#; 13].join(",")))), |e| matches!(e, E::BadMetadata { key: "tiers", .. })),
+        ("tier rows do not add up to vocab", mixed(Some(r#"[{"rows":3,"bits":4,"block":32}]"#)), |e| matches!(e, E::BadMetadata { key: "tiers", .. })),
+        ("tier rows overflow", mixed(Some(&format!(r#"[{{"rows":{},"bits":4,"block":32}},{{"rows":{},"bits":4,"block":32}}]"#, usize::MAX, 3))), |e| matches!(e, E::Overflow(_))),
+        ("tier of 9 bits", mixed(Some(r#"[{"rows":2,"bits":9,"block":32}]"#)), |e| matches!(e, E::BadTier { tier: 0, .. })),
+        ("tier of 0 bits", mixed(Some(r#"[{"rows":2,"bits":0,"block":32}]"#)), |e| matches!(e, E::BadTier { tier: 0, .. })),
+        ("tier block not dividing dim", mixed(Some(r#"[{"rows":1,"bits":4,"block":32},{"rows":1,"bits":4,"block":24}]"#)), |e| matches!(e, E::BadTier { tier: 1, .. })),
+        ("tier block not whole bytes", mixed(Some(r#"[{"rows":2,"bits":3,"block":4}]"#)), |e| matches!(e, E::BadTier { tier: 0, .. })),
+        ("tier tensor missing", raw(json!({"__metadata__": meta("mixed", &[("tiers", r#"[{"rows":2,"bits":4,"block":32}]"#)])}), &[]), |e| matches!(e, E::MissingTensor("tier0.codes"))),
+        ("tier codes of the wrong width", mixed(Some(r#"[{"rows":2,"bits":2,"block":32}]"#)), |e| matches!(e, E::BadShape { tensor: "tier0.codes", .. })),
+        ("tier tensor beyond the tiers", raw(json!({"__metadata__": meta("mixed", &[("tiers", r#"[{"rows":2,"bits":4,"block":32}]"#)]),
+               "tier0.codes": {"dtype": "U8", "shape": [2, 16], "data_offsets": [0, 32]},
+               "tier0.scale": {"dtype": "F16", "shape": [2, 1], "data_offsets": [32, 36]},
+               "tier1.codes": {"dtype": "U8", "shape": [1], "data_offsets": [36, 37]}}), &[0u8; 37]), |e| matches!(e, E::UnexpectedTensor(_))),
     ];
     let mut failures = Vec::new();
     for (name, bytes, check) in &cases {
@@ -275,4 +383,15 @@ fn non_finite_row_scale_is_reported_when_the_row_is_decoded() {
     assert!(f.decode_row(0, &mut row).is_ok());
     assert_eq!(f.decode_row(1, &mut row), Err(FormatError::NonFinite { tensor: "row_scale", index: 1 }));
     assert_eq!(f.decode_row(2, &mut row), Err(FormatError::TokenOutOfRange { token: 2, vocab: 2 }));
+
+    // the same for a tier's block scale: row 1's second block
+    let (q, mut s) = quant::kbit_rows(&common::noise(2 * 64, 5), 64, 3, 32);
+    s[3] = half::f16::INFINITY;
+    let spec = TierSpec { rows: 2, bits: 3, block: 32 };
+    let h = Header { tiers: vec![spec], ..header(Method::Mixed, 2, 64, None, None) };
+    let bytes = format::serialize(&h, &OwnedTable::Tiered(vec![(spec, q, s)]).view(), None).unwrap();
+    let f = format::parse(&bytes).unwrap();
+    let mut row = [0f32; 64];
+    assert!(f.decode_row(0, &mut row).is_ok());
+    assert!(matches!(f.decode_row(1, &mut row), Err(FormatError::NonFinite { index: 3, .. })));
 }

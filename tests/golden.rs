@@ -174,7 +174,7 @@ fn svd_metrics_agree_with_numpy() {
     use embslim::train::{self, source::SourceTable};
     let src = SourceTable::open(&common::minilm()).unwrap();
     let rank = 37;
-    let c = train::compress(&src, &CompressOptions { method: Method::Svd, rank: Some(rank), ..CompressOptions::default() }, |_| {}).unwrap();
+    let c = train::compress(&src, &CompressOptions { method: Method::Svd, rank: Some(rank), ..CompressOptions::default() }, None, |_| {}).unwrap();
     let tok = embslim::tokenize::Tokenizer::from_file(&common::minilm().join("tokenizer.json"), None).unwrap();
     let freq = train::token_frequencies(&tok, &embslim::corpus::load(&common::bbc()).unwrap(), src.vocab).unwrap();
     let m = train::token_metrics(&src, &Factors { header: c.header.clone(), table: c.table.view(), row_of_token: None }, Some(&freq)).unwrap();
@@ -199,4 +199,49 @@ fn svd_metrics_agree_with_numpy() {
         eprintln!("{name}: embslim {ours:.9} numpy {theirs:.9}");
         assert!((ours - theirs).abs() <= SVD_METRIC_TOL, "{name}: {ours} vs numpy {theirs}");
     }
+}
+
+/// Measured on the 1,111 held-out BBC documents (tools/heldout.sh): mean 0.9986, 5th
+/// percentile 0.995. The mean over the 50 held-out documents here must stay above the
+/// 10x target of issue 9 (0.998) minus the spread of a 50-document sample.
+const MIXED_R10_MIN_MEAN_COS: f32 = 0.997;
+
+/// Mixed bits at 10x, token counts from one half of BBC News, sentence cosine against the
+/// lossless bundle on documents of the other half.
+#[test]
+fn mixed_table_at_10x_keeps_held_out_sentences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (freq_dir, mut held_out) = (tmp.path().join("freq"), Vec::new());
+    for class in ["business", "entertainment", "politics", "sports", "tech"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(common::bbc().join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        std::fs::create_dir_all(freq_dir.join(class)).unwrap();
+        for (i, f) in files.iter().enumerate() {
+            if i % 2 == 0 {
+                std::os::unix::fs::symlink(f, freq_dir.join(class).join(f.file_name().unwrap())).unwrap();
+            } else if i < 20 {
+                // ten held-out documents per class
+                held_out.push(String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned());
+            }
+        }
+    }
+    let out = common::root().join("target/test-bundles/minilm-mixed-r10");
+    let opts = BundleOptions {
+        table: CompressOptions { method: Method::Mixed, ratio: Some(10.0), ..CompressOptions::default() },
+        weights: Some(WeightScheme::F32),
+        max_length: Some(128),
+        corpus: Some(freq_dir),
+        tokenizer: None,
+    };
+    let report = compress_bundle(&common::minilm(), &out, &opts, |_| {}, |_| {}).unwrap();
+    assert!(report.ratio_bytes >= 9.99, "table ratio {}", report.ratio_bytes);
+    let reference = Bundle::open(&bundle_of(&common::minilm(), "minilm-none-mixed-ref"), &OpenOptions::default()).unwrap();
+    let mixed = Bundle::open(&out, &OpenOptions::default()).unwrap();
+    let texts: Vec<&str> = held_out.iter().map(String::as_str).collect();
+    let (a, b) = (reference.embed_many(&texts, 8, |_| {}).unwrap(), mixed.embed_many(&texts, 8, |_| {}).unwrap());
+    let cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| embslim::pool::cosine(&x.embedding, &y.embedding)).collect();
+    let mean = cos.iter().sum::<f32>() / cos.len() as f32;
+    eprintln!("mixed 10x on {} held-out BBC documents: sentence cosine mean {mean}", cos.len());
+    assert_eq!(cos.len(), 50);
+    assert!(mean >= MIXED_R10_MIN_MEAN_COS, "mean sentence cosine {mean} < {MIXED_R10_MIN_MEAN_COS}");
 }

@@ -14,7 +14,7 @@ use embslim::Error;
 /// Compress the table of `model` and return the factor-file bytes and token metrics.
 fn compress_table(model: &Path, opts: &CompressOptions) -> embslim::Result<(Vec<u8>, TokenMetrics)> {
     let src = SourceTable::open(model)?;
-    let c = train::compress(&src, opts, |_| {})?;
+    let c = train::compress(&src, opts, None, |_| {})?;
     let view = Factors { header: c.header.clone(), table: c.table.view(), row_of_token: None };
     let m = train::token_metrics(&src, &view, None)?;
     Ok((format::serialize(&c.header, &c.table.view(), None).unwrap(), m))

@@ -20,11 +20,12 @@ pub struct Args {
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
-    /// How the token table is stored. The default (int4, with an int4 body) was chosen by
-    /// measurement: see the README's results.
-    #[arg(long, value_enum, default_value_t = Method::Int4)]
+    /// How the token table is stored. The default (mixed bits at 10x, with an int4 body)
+    /// was chosen by measurement: see the README's results.
+    #[arg(long, value_enum, default_value_t = Method::Mixed)]
     method: Method,
-    /// Compression ratio by parameters (svd, direction); rank = floor((V d / R - d) / (V + d)).
+    /// Compression ratio: by parameters for svd and direction (rank = floor((V d / R - d) /
+    /// (V + d))); by table bytes for mixed (default 10).
     #[arg(long, conflicts_with = "rank")]
     ratio: Option<f64>,
     /// Rank k (svd, direction).

@@ -50,6 +50,9 @@ struct Report {
     classified: bool,
     threads: usize,
     latency_ms: BTreeMap<usize, Percentiles>,
+    /// Time to decode one token's row from the mapped factor file (the embed stage alone,
+    /// rows already resident): what the table's storage costs next to the transformer.
+    decode_ns_per_token: f64,
     throughput_docs_per_s: f64,
 }
 
@@ -132,6 +135,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         latency_ms.insert(len, footprint::percentiles(&mut ms));
     }
 
+    // the embed stage alone: decode the rows of every token of those inputs, a few times
+    let factors = bundle.factors()?;
+    let ids: Vec<u32> = enc.iter().flat_map(|e| e.ids.iter().copied()).collect();
+    let mut rows = vec![0f32; ids.len() * bundle.manifest.dim];
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
+        embslim::embed::decode_tokens(&factors, &ids, &mut rows)?;
+    }
+    let decode_ns_per_token = t.elapsed().as_secs_f64() * 1e9 / (reps * ids.len().max(1)) as f64;
+
     // throughput: documents at the bundle's max length, batches of 8 on all worker threads
     let sample: Vec<&str> = texts.iter().take(64).map(String::as_str).collect();
     let t = Instant::now();
@@ -156,6 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         classified,
         threads: args.run.threads,
         latency_ms,
+        decode_ns_per_token,
         throughput_docs_per_s,
     };
     if args.json {
@@ -192,5 +207,6 @@ fn print_table(r: &Report) {
     for (len, p) in &r.latency_ms {
         println!("latency seq {len:<4}  p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  ({} runs, {} thread(s))", p.p50, p.p95, p.p99, p.runs, r.threads);
     }
+    println!("decode            {:.0} ns per token (embed stage: rows from the factor file)", r.decode_ns_per_token);
     println!("throughput        {:.1} docs/s", r.throughput_docs_per_s);
 }

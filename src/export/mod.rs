@@ -219,14 +219,8 @@ fn compress_factors(
         }
         _ => None,
     };
-    let mut c = train::compress(src, &opts.table, progress)?;
-    // frequent tokens first, so the rows real text uses share pages of the mapped file
-    let row_of_token = freq.as_deref().map(|f| {
-        let (order, rows) = train::frequency_order(f);
-        c.table = c.table.permuted(&order, src.dim);
-        c.header.frequency_order = true;
-        rows
-    });
+    let c = train::compress(src, &opts.table, freq.as_deref(), progress)?;
+    let row_of_token = c.order.as_deref().map(train::row_of_token);
     let view = Factors { header: c.header.clone(), table: c.table.view(), row_of_token: row_of_token.as_deref() };
     let metrics = train::token_metrics(src, &view, freq.as_deref())?;
     let mut header = c.header.clone();

@@ -3,6 +3,7 @@
 
 pub mod direction;
 pub mod head;
+pub mod mixed;
 pub mod quant;
 pub mod source;
 pub mod svd;
@@ -26,7 +27,8 @@ pub struct CompressOptions {
     pub method: Method,
     /// Rank k of a factorization; derived from `ratio` when None.
     pub rank: Option<usize>,
-    /// Compression ratio by parameters, V*d / (V*k + k*d + d).
+    /// Compression ratio: by parameters for svd and direction, V*d / (V*k + k*d + d); by
+    /// table bytes for mixed (f32 table bytes / stored bytes, row order included).
     pub ratio: Option<f64>,
     pub codes: CodesDtype,
     pub epochs: usize,
@@ -63,8 +65,11 @@ pub const MAX_FACTOR_DIM: usize = 16384;
 
 /// Resolve and check the rank for a factorizing method.
 pub fn resolve_rank(opts: &CompressOptions, vocab: usize, dim: usize) -> Result<Option<usize>> {
+    if opts.method == Method::Mixed && opts.rank.is_some() {
+        return Err(Error::Usage("mixed has no rank: give --ratio".into()));
+    }
     if !opts.method.is_factorized() {
-        if opts.rank.is_some() || opts.ratio.is_some() {
+        if opts.rank.is_some() || (opts.ratio.is_some() && opts.method != Method::Mixed) {
             return Err(Error::Usage(format!("--rank and --ratio apply to svd and direction, not to {}", opts.method.name())));
         }
         return Ok(None);
@@ -176,10 +181,16 @@ pub struct Compressed {
     pub table: OwnedTable,
     pub train_seconds: f64,
     pub best_epoch: Option<usize>,
+    /// `order[i]`: the token stored at row i, when rows are not in token order.
+    pub order: Option<Vec<usize>>,
 }
 
-/// Compress the table of `src`. Metrics are not filled in here (see [`token_metrics`]).
-pub fn compress(src: &SourceTable, opts: &CompressOptions, mut progress: impl FnMut(Progress<'_>)) -> Result<Compressed> {
+/// Default `--ratio` of mixed tables (table bytes).
+pub const MIXED_DEFAULT_RATIO: f64 = 10.0;
+
+/// Compress the table of `src`, with rows in corpus-frequency order when `freq` (token
+/// counts of a corpus) is given. Metrics are not filled in here (see [`token_metrics`]).
+pub fn compress(src: &SourceTable, opts: &CompressOptions, freq: Option<&[u64]>, mut progress: impl FnMut(Progress<'_>)) -> Result<Compressed> {
     let (v, d) = (src.vocab, src.dim);
     let rank = resolve_rank(opts, v, d)?;
     if opts.method == Method::Int4 && d % Q4_BLOCK != 0 {
@@ -190,8 +201,22 @@ pub fn compress(src: &SourceTable, opts: &CompressOptions, mut progress: impl Fn
     }
     let t0 = Instant::now();
     let mut best_epoch = None;
+    let mut tiers = Vec::new();
+    let mut order = None;
     let table = match opts.method {
         Method::None => OwnedTable::Dense(src.load()?),
+        Method::Mixed => {
+            let ratio = opts.ratio.unwrap_or(MIXED_DEFAULT_RATIO);
+            if !(ratio.is_finite() && ratio > 1.0) {
+                return Err(Error::Usage(format!("--ratio {ratio} must be a number above 1")));
+            }
+            // the row order (4 bytes a row) counts against the budget
+            let budget_bytes = (v * d * 4) as f64 / ratio - (4 * v) as f64;
+            let m = mixed::compress(&src.load()?, d, freq, 8.0 * budget_bytes)?;
+            tiers = m.tiers;
+            order = Some(m.order);
+            m.table
+        }
         Method::Int8 => {
             let (q, scale) = stream_quantize(src, &mut progress, |rows| quant::int8_rows(rows, d))?;
             OwnedTable::Int8Rows { q, scale }
@@ -238,10 +263,19 @@ pub fn compress(src: &SourceTable, opts: &CompressOptions, mut progress: impl Fn
         rank,
         codes: rank.map(|_| opts.codes),
         frequency_order: false,
+        tiers,
         source_sha256: src.sha256()?,
         metrics: serde_json::Value::Null,
     };
-    Ok(Compressed { header, table, train_seconds: t0.elapsed().as_secs_f64(), best_epoch })
+    let mut c = Compressed { header, table, train_seconds: t0.elapsed().as_secs_f64(), best_epoch, order };
+    // frequent tokens first, so the rows real text uses share pages of the mapped file
+    if let (None, Some(f)) = (&c.order, freq) {
+        let (order, _) = frequency_order(f);
+        c.table = c.table.permuted(&order, d);
+        c.order = Some(order);
+    }
+    c.header.frequency_order = c.order.is_some();
+    Ok(c)
 }
 
 fn store_codes(z: Vec<f32>, k: usize, dtype: CodesDtype) -> OwnedCodes {
@@ -292,9 +326,15 @@ where
 pub fn frequency_order(freq: &[u64]) -> (Vec<usize>, Vec<u32>) {
     let mut order: Vec<usize> = (0..freq.len()).collect();
     order.sort_by(|&a, &b| freq[b].cmp(&freq[a]).then(a.cmp(&b)));
-    let mut row_of_token = vec![0u32; freq.len()];
+    let rows = row_of_token(&order);
+    (order, rows)
+}
+
+/// The inverse of a row order: `row_of_token[order[i]] = i`.
+pub fn row_of_token(order: &[usize]) -> Vec<u32> {
+    let mut rows = vec![0u32; order.len()];
     for (row, &t) in order.iter().enumerate() {
-        row_of_token[t] = row as u32;
+        rows[t] = row as u32;
     }
-    (order, row_of_token)
+    rows
 }

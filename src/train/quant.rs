@@ -76,3 +76,79 @@ pub fn q4_0_lsq(x: &[f32]) -> (Vec<u8>, Vec<f16>) {
     }
     (q, scales)
 }
+
+/// Candidate scales tried per block, as fractions of the min/max scale: low-bit codes
+/// keep more of a row's direction when the largest values are clipped.
+const KBIT_GRID: [f32; 21] =
+    [0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2, 1.25];
+
+/// `bits`-bit codes of `x` (rows of `d`) in blocks of `block` with one f16 scale each,
+/// stored as `format::Table::Tiered` decodes them: value = (2q + 1 - 2^b) * scale (odd
+/// levels, symmetric, no zero: a 1-bit code is a sign), codes packed LSB first.
+///
+/// Each block's scale is chosen for the row's direction, not its range: for every
+/// candidate scale the codes are rounded, the least-squares scale for those codes is
+/// fitted, and the candidate capturing the most of the block's energy wins (then two
+/// refit/re-round rounds). Blocks are orthogonal parts of the row, so maximizing each
+/// block's captured energy maximizes the cosine of the whole row for the chosen codes.
+pub fn kbit_rows(x: &[f32], d: usize, bits: u8, block: usize) -> (Vec<u8>, Vec<f16>) {
+    debug_assert!(d % block == 0 && (block * bits as usize) % 8 == 0);
+    let mut packed = vec![0u8; x.len() * bits as usize / 8];
+    let mut scales = Vec::with_capacity(x.len() / block);
+    let mut codes = vec![0u8; block];
+    for (i, blk) in x.chunks_exact(block).enumerate() {
+        let s = kbit_block(blk, bits, &mut codes);
+        scales.push(f16::from_f32(s));
+        let base = i * block * bits as usize;
+        for (j, &q) in codes.iter().enumerate() {
+            let bit = base + j * bits as usize;
+            let v = (q as u16) << (bit % 8);
+            packed[bit / 8] |= v as u8;
+            if bit % 8 + bits as usize > 8 {
+                packed[bit / 8 + 1] |= (v >> 8) as u8;
+            }
+        }
+    }
+    (packed, scales)
+}
+
+/// Codes (into `codes`) and least-squares scale of one block; see [`kbit_rows`].
+fn kbit_block(x: &[f32], bits: u8, codes: &mut [u8]) -> f32 {
+    let top = ((1u32 << bits) - 1) as f32;
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 {
+        codes.fill(0);
+        return 0.0;
+    }
+    // round to the nearest odd level for scale s; return (sum l x, sum l^2)
+    let round = |s: f32, codes: &mut [u8]| {
+        let (mut lx, mut l2) = (0f32, 0f32);
+        for (c, &v) in codes.iter_mut().zip(x) {
+            let q = ((v / s + top) * 0.5).round().clamp(0.0, top);
+            *c = q as u8;
+            let l = 2.0 * q - top;
+            lx += l * v;
+            l2 += l * l;
+        }
+        (lx, l2)
+    };
+    let mut tmp = vec![0u8; x.len()];
+    let (mut best_s, mut best_e) = (0f32, -1f32);
+    for f in KBIT_GRID {
+        let (lx, l2) = round(amax / top * f, &mut tmp);
+        if lx > 0.0 && lx * lx / l2 > best_e {
+            (best_s, best_e) = (lx / l2, lx * lx / l2);
+            codes.copy_from_slice(&tmp);
+        }
+    }
+    for _ in 0..2 {
+        let (lx, l2) = round(best_s, &mut tmp);
+        if lx > 0.0 && lx * lx / l2 > best_e {
+            (best_s, best_e) = (lx / l2, lx * lx / l2);
+            codes.copy_from_slice(&tmp);
+        } else {
+            break;
+        }
+    }
+    best_s
+}
