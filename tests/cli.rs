@@ -189,3 +189,28 @@ fn embeddings_agree_with_the_host_run() {
         assert!(dot / n >= CROSS_PLATFORM_MIN_COS, "headline {i}: cosine {} to the host", dot / n);
     }
 }
+
+/// `footprint --json` runs wherever the binary runs (also under qemu, where /proc shows the
+/// emulator: RSS figures are then qemu's, bytes and residency still the bundle's).
+#[test]
+fn footprint_json_reports_the_interface_fields() {
+    let bundle = head_bundle();
+    let texts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(texts.path(), HEADLINES.iter().map(|h| format!("{h} {h} {h} {h}\n")).collect::<String>()).unwrap();
+    let out = embslim().arg("footprint").arg(&bundle).arg("--texts").arg(texts.path()).args(["--runs", "2", "--docs", "3", "--lengths", "16", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = &json_lines(&out.stdout)[0];
+    let files: u64 = ["body.onnx", "factors.safetensors", "tokenizer.json", "head.safetensors"].iter().map(|f| std::fs::metadata(bundle.join(f)).unwrap().len()).sum();
+    assert!(r["bundle_bytes"].as_u64().unwrap() > files, "bundle bytes include the manifest");
+    assert_eq!(r["factor_file_bytes"].as_u64().unwrap(), std::fs::metadata(bundle.join("factors.safetensors")).unwrap().len());
+    let resident = r["factor_resident_bytes"].as_u64().unwrap();
+    assert!(resident > 0 && resident < r["factor_file_bytes"].as_u64().unwrap(), "resident {resident}");
+    assert!(r["peak_heap_bytes"].as_u64().unwrap() > 0);
+    assert!(r["peak_rss_bytes"].is_u64() || r["peak_rss_bytes"].is_null());
+    assert!(r["binary_bytes"].as_u64().unwrap() > 0);
+    for k in ["load_ms", "first_result_ms", "decode_ns_per_token"] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    let l = &r["latency_ms"]["16"];
+    assert!(l["p50"].as_f64().unwrap() > 0.0 && l["p99"].as_f64().unwrap() >= l["p50"].as_f64().unwrap());
+}

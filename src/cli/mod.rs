@@ -10,6 +10,8 @@ mod footprint;
 mod input;
 mod output;
 #[cfg(feature = "train")]
+mod sweep;
+#[cfg(feature = "train")]
 mod train_head;
 
 use std::process::ExitCode;
@@ -44,6 +46,10 @@ enum Command {
     Classify(classify::Args),
     /// Measure what a bundle costs here: bytes, load time, heap, resident pages, latency.
     Footprint(footprint::Args),
+    /// Compress over a grid of methods, ratios and body schemes; write the quality/size
+    /// frontier (frontier.json, frontier.svg) (host only).
+    #[cfg(feature = "train")]
+    Sweep(sweep::Args),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -57,6 +63,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::TrainHead(args) => train_head::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Footprint(args) => footprint::run(args),
+        #[cfg(feature = "train")]
+        Command::Sweep(args) => sweep::run(args),
     };
     match res {
         // the reader of our output went away: nothing is wrong

@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod graph;
 pub mod rewrite;
+pub mod sweep;
 pub mod weights;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,107 @@
+//! `embslim sweep`: the frontier of quality against bundle bytes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use embslim::export::sweep::{self, SweepOptions};
+use embslim::format::Method;
+use embslim::manifest::WeightScheme;
+
+use super::output;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Hugging Face checkpoint directory or model.onnx.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    model: PathBuf,
+    /// Labelled text: one folder of .txt per class, or a label<TAB>text file.
+    #[arg(long, default_value = "models/bbc-news")]
+    data: PathBuf,
+    /// Directory for the bundles, frontier.json and frontier.svg.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "svd,direction,int8,int4,mixed")]
+    methods: Vec<Method>,
+    /// Ratios for svd, direction (parameters) and mixed (bytes).
+    #[arg(long, value_delimiter = ',', default_value = "2,3,5,10")]
+    ratios: Vec<f64>,
+    /// Body schemes; every table is built with each.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,int4")]
+    weights: Vec<WeightScheme>,
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+    /// Use about N documents, every k-th of each class's sorted files (all classes kept).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Corpus whose token counts order rows and allocate mixed bits (default: --data; give
+    /// another part of the text for a held-out measurement).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Threads for the transformer's matrix products.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print every point as one JSON line instead of the front as a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut data = embslim::corpus::load_labelled(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
+    if let Some(n) = args.limit {
+        anyhow::ensure!(n > 0, "--limit must be at least 1");
+        let step = data.texts.len().div_ceil(n).max(1);
+        let keep = |i: &usize| i % step == 0;
+        data.texts = data.texts.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, t)| t).collect();
+        data.origins = data.origins.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, t)| t).collect();
+        data.classes = data.classes.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, t)| t).collect();
+    }
+    let opts = SweepOptions {
+        methods: args.methods,
+        ratios: args.ratios,
+        weights: args.weights,
+        max_length: args.max_length,
+        corpus: Some(args.corpus.unwrap_or_else(|| args.data.clone())),
+        threads: args.threads,
+        batch: args.batch,
+    };
+    let total = sweep::grid(&opts).len() as u64;
+    let bar = super::progress_bar(total, "sweep");
+    let mut on_progress = |done: usize, _: usize, what: &str| {
+        bar.set_position(done as u64);
+        bar.set_message(what.to_string());
+    };
+    let points = sweep::run(&args.model, &data, &args.out, &opts, &mut on_progress).with_context(|| format!("sweeping {}", args.model.display()))?;
+    bar.finish_and_clear();
+
+    let json = serde_json::to_vec_pretty(&points)?;
+    embslim::fsutil::write_atomic(&args.out.join("frontier.json"), &json)?;
+    let title = format!("{}: sentence cosine vs bundle size ({} documents)", args.model.display(), data.texts.len());
+    embslim::fsutil::write_atomic(&args.out.join("frontier.svg"), sweep::svg(&points, &title).as_bytes())?;
+    if args.json {
+        for p in &points {
+            output::json_line(p)?;
+        }
+    } else {
+        println!("{:<28} {:>10} {:>8} {:>12} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7}", "bundle", "table MB", "ratio", "bundle MB", "cos mean", "cos p5", "acc %", "acc 0-shot", "ms", "pareto");
+        for p in &points {
+            println!(
+                "{:<28} {:>10.2} {:>8.2} {:>12.2} {:>9.4} {:>8.4} {:>8.2} {:>9.2} {:>9.1} {:>7}",
+                p.name,
+                p.table_bytes as f64 / 1e6,
+                p.table_ratio,
+                p.bundle_bytes as f64 / 1e6,
+                p.cos_mean,
+                p.cos_p5,
+                100.0 * p.accuracy,
+                100.0 * p.accuracy_zero_shot,
+                p.latency_ms,
+                if p.pareto { "*" } else { "" }
+            );
+        }
+        println!("wrote {} and {}", args.out.join("frontier.json").display(), args.out.join("frontier.svg").display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
