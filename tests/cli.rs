@@ -191,7 +191,7 @@ fn embeddings_agree_with_the_host_run() {
 }
 
 /// `footprint --json` runs wherever the binary runs (also under qemu, where /proc shows the
-/// emulator: RSS figures are then qemu's, bytes and residency still the bundle's).
+/// emulator: RSS figures are then qemu's; bytes still the bundle's).
 #[test]
 fn footprint_json_reports_the_interface_fields() {
     let bundle = head_bundle();
@@ -203,8 +203,13 @@ fn footprint_json_reports_the_interface_fields() {
     let files: u64 = ["body.onnx", "factors.safetensors", "tokenizer.json", "head.safetensors"].iter().map(|f| std::fs::metadata(bundle.join(f)).unwrap().len()).sum();
     assert!(r["bundle_bytes"].as_u64().unwrap() > files, "bundle bytes include the manifest");
     assert_eq!(r["factor_file_bytes"].as_u64().unwrap(), std::fs::metadata(bundle.join("factors.safetensors")).unwrap().len());
-    let resident = r["factor_resident_bytes"].as_u64().unwrap();
-    assert!(resident > 0 && resident < r["factor_file_bytes"].as_u64().unwrap(), "resident {resident}");
+    let (resident, size) = (r["factor_resident_bytes"].as_u64().unwrap(), r["factor_file_bytes"].as_u64().unwrap());
+    // qemu-user ignores madvise hints (linux-user's target_madvise: "most advice values are
+    // hints, so ignoring and returning success is ok"), so without MADV_RANDOM the kernel's
+    // readahead brings the whole 6.6 MB file in under emulation; natively only the rows
+    // of the texts' tokens are paged in
+    let emulated = std::env::var_os("CROSS_RUNNER").is_some_and(|r| !r.is_empty());
+    assert!(resident > 0 && (resident < size || (emulated && resident <= size)), "resident {resident} of {size}");
     assert!(r["peak_heap_bytes"].as_u64().unwrap() > 0);
     assert!(r["peak_rss_bytes"].is_u64() || r["peak_rss_bytes"].is_null());
     assert!(r["binary_bytes"].as_u64().unwrap() > 0);
