@@ -211,6 +211,11 @@ fn footprint_json_reports_the_interface_fields() {
     let emulated = std::env::var_os("CROSS_RUNNER").is_some_and(|r| !r.is_empty());
     assert!(resident > 0 && (resident < size || (emulated && resident <= size)), "resident {resident} of {size}");
     assert!(r["peak_heap_bytes"].as_u64().unwrap() > 0);
+    // the peak so far after each stage: five stages, never falling, ending at the peak
+    let stages: Vec<u64> = r["peak_heap_by_stage"].as_array().unwrap().iter().map(|s| s[1].as_u64().unwrap()).collect();
+    assert_eq!(stages.len(), 5);
+    assert!(stages.windows(2).all(|w| w[0] <= w[1]) && stages[4] == r["peak_heap_bytes"].as_u64().unwrap(), "{stages:?}");
+    assert!(r["heap_after_load_bytes"].as_u64().unwrap() <= stages[0]);
     assert!(r["peak_rss_bytes"].is_u64() || r["peak_rss_bytes"].is_null());
     assert!(r["binary_bytes"].as_u64().unwrap() > 0);
     for k in ["load_ms", "first_result_ms", "decode_ns_per_token"] {

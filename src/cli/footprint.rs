@@ -42,6 +42,11 @@ struct Report {
     load_ms: f64,
     first_result_ms: f64,
     peak_heap_bytes: usize,
+    /// Peak heap when each stage ended, in order (load, first_result, documents, latency,
+    /// throughput): where the peak is reached.
+    peak_heap_by_stage: Vec<(&'static str, usize)>,
+    /// Heap held once the bundle is loaded (the body's weights and plan).
+    heap_after_load_bytes: usize,
     peak_rss_bytes: Option<u64>,
     rss_bytes: Option<u64>,
     factor_file_bytes: usize,
@@ -96,6 +101,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let bundle = args.run.open(&args.bundle)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let heap_after_load_bytes = footprint::heap().0;
+    let mut stages = vec![("load", footprint::heap().1)];
     let classified = bundle.head().is_some();
     if classified {
         bundle.classify_batch(&[&texts[0]])?;
@@ -103,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bundle.embed_batch(&[&texts[0]])?;
     }
     let first_result_ms = t0.elapsed().as_secs_f64() * 1e3;
+    stages.push(("first_result", footprint::heap().1));
 
     // memory: classify (or embed) the first `docs` documents one at a time
     let n = args.docs.min(texts.len()).max(1);
@@ -114,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let factor_resident_bytes = bundle.factor_map().resident_bytes();
+    stages.push(("documents", footprint::heap().1));
 
     // latency at fixed sequence lengths, batch 1
     let enc: Vec<Encoded> = texts.iter().take(200).map(|t| bundle.tokenizer().encode(t)).collect::<Result<_, _>>()?;
@@ -134,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         latency_ms.insert(len, footprint::percentiles(&mut ms));
     }
+    stages.push(("latency", footprint::heap().1));
 
     // the embed stage alone: decode the rows of every token of those inputs, a few times
     let factors = bundle.factors()?;
@@ -151,6 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     bundle.embed_many(&sample, 8, |_| {})?;
     let throughput_docs_per_s = sample.len() as f64 / t.elapsed().as_secs_f64();
+    stages.push(("throughput", footprint::heap().1));
 
     let (peak_rss_bytes, rss_bytes) = footprint::proc_rss();
     let files: BTreeMap<String, u64> = bundle.manifest.files.iter().map(|(k, v)| (k.clone(), v.bytes)).collect();
@@ -162,6 +173,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         load_ms,
         first_result_ms,
         peak_heap_bytes: footprint::heap().1,
+        peak_heap_by_stage: stages,
+        heap_after_load_bytes,
         peak_rss_bytes,
         rss_bytes,
         factor_file_bytes: bundle.factor_map().bytes().len(),
@@ -195,6 +208,9 @@ fn print_table(r: &Report) {
     println!("load              {:.1} ms (open, map, verify, build the tract plan)", r.load_ms);
     println!("first result      {:.1} ms", r.first_result_ms);
     println!("peak heap         {}", mb(r.peak_heap_bytes as u64));
+    println!("heap after load   {}", mb(r.heap_after_load_bytes as u64));
+    let stages: Vec<String> = r.peak_heap_by_stage.iter().map(|(s, b)| format!("{s} {}", mb(*b as u64))).collect();
+    println!("  peak by stage   {}", stages.join(", "));
     println!("peak RSS (VmHWM)  {}", opt(r.peak_rss_bytes));
     println!("RSS now           {}", opt(r.rss_bytes));
     println!(
