@@ -46,9 +46,20 @@ pub struct Args {
     /// Print every point as one JSON line instead of the front as a table.
     #[arg(long)]
     json: bool,
+    /// Only redraw DIR/frontier.svg from DIR/frontier.json (no compression).
+    #[arg(long)]
+    replot: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.replot {
+        let path = args.out.join("frontier.json");
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let points: Vec<sweep::Point> = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a frontier", path.display()))?;
+        let title = format!("{}: sentence cosine vs bundle size", args.model.display());
+        embslim::fsutil::write_atomic(&args.out.join("frontier.svg"), sweep::svg(&points, &title).as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut data = embslim::corpus::load_labelled(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
     if let Some(n) = args.limit {
         anyhow::ensure!(n > 0, "--limit must be at least 1");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{compress_bundle, fit_head, BundleOptions, HeadOptions};
 use crate::bundle::{Bundle, OpenOptions, FACTORS_FILE};
@@ -17,7 +17,7 @@ use crate::manifest::WeightScheme;
 use crate::train::CompressOptions;
 
 /// One bundle of the grid, measured (the `frontier.json` interface).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Point {
     pub name: String,
     pub method: String,
@@ -173,17 +173,20 @@ pub fn mark_pareto(points: &mut [Point]) {
     }
 }
 
-/// A scatter plot of mean sentence cosine against bundle megabytes (log scale), the Pareto
-/// front joined and labelled, as a self-contained SVG.
+/// A scatter plot of mean sentence cosine against bundle megabytes, the Pareto front joined
+/// and labelled, as a self-contained SVG. Both axes are logarithmic; the vertical one shows
+/// 1 - cosine (from 1e-6 at the top), because the bundles worth deploying differ in the
+/// third to sixth decimal while factorizations reach down to 0.1.
 pub fn svg(points: &[Point], title: &str) -> String {
     let (w, h, l, r, t, b) = (900.0, 560.0, 70.0, 30.0, 40.0, 60.0);
     let mb: Vec<f64> = points.iter().map(|p| p.bundle_bytes as f64 / 1e6).collect();
     let (x0, x1) = mb.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     let (lx0, lx1) = ((x0 * 0.9).max(1e-3).log10(), (x1 * 1.1).max(1e-3).log10());
-    let y0 = points.iter().fold(1f64, |m, p| m.min(p.cos_mean)).min(0.99).max(-1.0);
-    let (y0, y1) = ((y0 - 0.02).max(-1.0), 1.0);
+    // vertical: e = log10(1 - cos), from -6 (top) down to the worst point's decade
+    let err = |c: f64| (1.0 - c).clamp(1e-6, 2.0).log10();
+    let (e_top, e_bottom) = (-6.0, points.iter().fold(-2f64, |m, p| m.max(err(p.cos_mean))).ceil().min(1.0));
     let sx = |x: f64| l + (x.max(1e-3).log10() - lx0) / (lx1 - lx0).max(1e-9) * (w - l - r);
-    let sy = |y: f64| t + (y1 - y) / (y1 - y0).max(1e-9) * (h - t - b);
+    let sy = |c: f64| t + (err(c) - e_top) / (e_bottom - e_top) * (h - t - b);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
@@ -202,13 +205,14 @@ pub fn svg(points: &[Point], title: &str) -> String {
             }
         }
     }
-    for i in 0..=5 {
-        let v = y0 + (y1 - y0) * f64::from(i) / 5.0;
-        let y = sy(v);
-        s += &format!("<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.3}</text>\n", w - r, l - 6.0, y + 4.0);
+    for e in (e_top as i32)..=(e_bottom as i32) {
+        let c = 1.0 - 10f64.powi(e);
+        let y = sy(c);
+        let label = if e >= 0 { "0".to_string() } else { format!("{:.*}", (-e) as usize, c) };
+        s += &format!("<line x1=\"{l}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>\n", w - r, l - 6.0, y + 4.0);
     }
     s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">bundle size (MB, log scale)</text>\n", (l + w - r) / 2.0, h - 18.0);
-    s += &format!("<text transform=\"translate(18 {}) rotate(-90)\" text-anchor=\"middle\">sentence cosine vs lossless (mean)</text>\n", (t + h - b) / 2.0);
+    s += &format!("<text transform=\"translate(18 {}) rotate(-90)\" text-anchor=\"middle\">mean sentence cosine vs lossless (log of 1 - cos)</text>\n", (t + h - b) / 2.0);
     // the front, by size
     let mut front: Vec<usize> = (0..points.len()).filter(|&i| points[i].pareto).collect();
     front.sort_by(|&a, &b| mb[a].total_cmp(&mb[b]));
