@@ -35,14 +35,15 @@ def bundles(binary):
     os.makedirs(OUT, exist_ok=True)
     paths = {}
     for w in SCHEMES:
-        p = os.path.join(OUT, f"minilm-int4-{w}")
+        p = os.path.join(OUT, f"minilm-default-table-{w}")
         if not os.path.exists(os.path.join(p, "manifest.json")):
-            sh(binary, "compress", "--model", MODEL, "--out", p, "--method", "int4", "--weights", w, "--max-length", "128",
+            sh(binary, "compress", "--model", MODEL, "--out", p, "--weights", w, "--max-length", "128",
                stdout=subprocess.DEVNULL)
         paths[w] = p
     lossless = os.path.join(OUT, "minilm-none-f32")
     if not os.path.exists(os.path.join(lossless, "manifest.json")):
-        sh(binary, "compress", "--model", MODEL, "--out", lossless, "--method", "none", "--max-length", "128", stdout=subprocess.DEVNULL)
+        sh(binary, "compress", "--model", MODEL, "--out", lossless, "--method", "none", "--weights", "f32", "--max-length", "128",
+           stdout=subprocess.DEVNULL)
     return paths, lossless
 
 
@@ -102,7 +103,7 @@ def ort_models(lossless):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/debug/embslim"))
+    ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug/embslim"))
     a = ap.parse_args()
     paths, lossless = bundles(a.bin)
     texts = os.path.join(OUT, "bbc-lines.txt")
@@ -126,7 +127,7 @@ def main():
             r["bytes"] = os.path.getsize(model) + os.path.getsize(table)
             rows.append((name, threads, r))
         for w, p in paths.items():
-            rows.append((f"embslim int4 table + {w} body", threads, ours(a.bin, p, threads, a.runs, texts)))
+            rows.append((f"embslim default table + {w} body", threads, ours(a.bin, p, threads, a.runs, texts)))
     print("| config | threads | p50 ms seq 32 | p50 ms seq 128 | ratio to ort int8 (seq 128) | peak RSS MB | file MB |")
     print("|---|---|---|---|---|---|---|")
     for name, threads, r in rows:
