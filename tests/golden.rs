@@ -245,3 +245,60 @@ fn mixed_table_at_10x_keeps_held_out_sentences() {
     assert_eq!(cos.len(), 50);
     assert!(mean >= MIXED_R10_MIN_MEAN_COS, "mean sentence cosine {mean} < {MIXED_R10_MIN_MEAN_COS}");
 }
+
+/// The runtime expands stored weights (f16, int8, Q4_0) to f32 before tract sees the body
+/// (`encode::expand_stored_weights`, to spare tract's memory-hungry folding). Running the
+/// expanded graph must give exactly what tract computes from the stored graph.
+#[test]
+fn expanded_weights_compute_exactly_what_the_stored_graph_does() {
+    use prost::Message;
+    let model = common::tiny_bert(32);
+    let tmp = tempfile::tempdir().unwrap();
+    for weights in ["f16", "int8", "int4"] {
+        let out = tmp.path().join(weights);
+        let res = common::embslim()
+            .args(["compress", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .args(["--method", "none", "--weights", weights, "--corpus", "/nonexistent"])
+            .output()
+            .unwrap();
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        let stored = std::fs::read(out.join("body.onnx")).unwrap();
+        let mut proto = tract_onnx::pb::ModelProto::decode(&stored[..]).unwrap();
+        let before = proto.graph.as_ref().unwrap().node.len();
+        embslim::encode::expand_stored_weights(&mut proto).unwrap();
+        let g = proto.graph.as_ref().unwrap();
+        assert!(g.node.len() < before, "{weights}: nothing was expanded");
+        let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        let left = g.node.iter().find(|n| n.op_type == "Mod" || (n.op_type == "Cast" && inits.contains(n.input[0].as_str())));
+        assert!(left.is_none(), "{weights}: an expansion node is left: {left:?}");
+        assert!(g.initializer.iter().all(|t| t.data_type == tract_onnx::pb::tensor_proto::DataType::Float as i32 || t.dims.len() < 2), "{weights}: a stored weight is left");
+        let expanded = proto.encode_to_vec();
+        let (seq, d) = (7usize, 32usize);
+        let run = |bytes: &[u8]| -> Vec<f32> {
+            let mut m = tract_onnx::onnx().with_ignore_value_info(true).model_for_read(&mut &bytes[..]).unwrap();
+            let mut inputs = TVec::new();
+            for (i, outlet) in m.input_outlets().unwrap().to_vec().into_iter().enumerate() {
+                let (fact, t): (InferenceFact, Tensor) = match m.node(outlet.node).name.as_str() {
+                    "inputs_embeds" => (
+                        InferenceFact::dt_shape(f32::datum_type(), tvec!(1, seq, d)),
+                        tract_ndarray::Array3::from_shape_vec((1, seq, d), common::noise(seq * d, 3)).unwrap().into(),
+                    ),
+                    _ => (InferenceFact::dt_shape(i64::datum_type(), tvec!(1, seq)), tract_ndarray::Array2::<i64>::ones((1, seq)).into()),
+                };
+                m.set_input_fact(i, fact).unwrap();
+                inputs.push(t.into_tvalue());
+            }
+            let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+            plan.run(inputs).unwrap()[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+        };
+        let (a, b) = (run(&stored), run(&expanded));
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        eprintln!("{weights}: stored vs expanded body, max abs diff {max}");
+        assert_eq!(a.len(), b.len());
+        // same arithmetic in the same order: identical up to kernel tiling (LOSSLESS_MAX_ABS)
+        assert!(max <= LOSSLESS_MAX_ABS, "{weights}: max abs diff {max}");
+    }
+}

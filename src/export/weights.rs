@@ -2,8 +2,9 @@
 //!
 //! Every scheme keeps LayerNorm, softmax, biases and the attention arithmetic in f32 and
 //! stores only the dense layers' weights smaller. The stored form is expanded to f32 by a
-//! small constant subgraph (Cast / Mul / integer Div and Mod) that tract folds once, at
-//! load time; see the README for what that means for speed and memory.
+//! small constant subgraph (Cast / Mul / integer Div and Mod), so any ONNX runtime can run
+//! the body; embslim's own runtime expands these patterns itself before tract reads the
+//! graph (`encode::expand_stored_weights`). See the README for speed and memory.
 
 use tract_onnx::pb::{tensor_proto::DataType, TensorProto};
 
