@@ -83,6 +83,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(args.corpus.clone())
     } else {
         eprintln!("warning: no corpus at {}: token_cos_weighted is n/a", args.corpus.display());
+        if args.method == Method::Mixed {
+            eprintln!("warning: without token counts, mixed gives every token the same weight (bits go to the rows that are hardest to quantize)");
+        }
         None
     };
     let opts = BundleOptions { table: opts, weights: args.weights, max_length: args.max_length, corpus, tokenizer: args.tokenizer.clone() };
