@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash models/fetch.sh
 cargo build --locked --quiet
-bin=target/debug/embslim
+bin=${CARGO_TARGET_DIR:-target}/debug/embslim
 model=models/all-MiniLM-L6-v2
 res=out/results
 mkdir -p $res
