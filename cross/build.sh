@@ -41,7 +41,11 @@ if [ "$PROFILE" = release ] && [ -n "$prefix" ]; then
     # non-PIE: a PIE this size carries 1.1 MB of relative relocations (.rela.dyn). Only
     # here, not in .cargo/config.toml, so the tests' build (and its CI cache) is unchanged.
     # Android requires PIE: its targets have no gnu prefix and never get here.
-    EXTRA+=(--config "target.$TARGET.rustflags=[\"-C\", \"relocation-model=static\"]")
+    FLAGS='"-C", "relocation-model=static"'
+    # armv7: Thumb-2 code (every Pi since the 2 runs it) is 27 % smaller than A32: 7.4 vs
+    # 10.2 MB. rustc calls the feature unstable and warns; the thumbv7neon target is the same.
+    [ "$TARGET" = armv7-unknown-linux-gnueabihf ] && FLAGS="$FLAGS, \"-C\", \"target-feature=+thumb-mode\""
+    EXTRA+=(--config "target.$TARGET.rustflags=[$FLAGS]")
 fi
 if [ "$TARGET" = aarch64-unknown-linux-musl ]; then
     # cc-rs (tract-linalg's assembly kernels) would look for aarch64-linux-musl-gcc
