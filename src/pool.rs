@@ -47,6 +47,22 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Sentence cosine between paired embeddings: mean, 5th percentile, minimum.
+#[derive(Clone, Copy, Debug)]
+pub struct CosineStats {
+    pub mean: f64,
+    pub p5: f64,
+    pub min: f64,
+}
+
+/// [`CosineStats`] of the pairs (`a[i]`, `b[i]`).
+pub fn cosine_stats<'a>(pairs: impl IntoIterator<Item = (&'a [f32], &'a [f32])>) -> CosineStats {
+    let mut cos: Vec<f32> = pairs.into_iter().map(|(a, b)| cosine(a, b)).collect();
+    let min = f64::from(cos.iter().fold(f32::INFINITY, |m, c| m.min(*c)));
+    let mean = cos.iter().map(|c| f64::from(*c)).sum::<f64>() / cos.len().max(1) as f64;
+    CosineStats { mean, p5: percentile(&mut cos, 0.05), min }
+}
+
 /// The q-quantile of `xs` (lower nearest rank, as numpy's method="lower"); sorts `xs`.
 pub fn percentile(xs: &mut [f32], q: f64) -> f64 {
     if xs.is_empty() {

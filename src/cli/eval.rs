@@ -70,8 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.set_prefix("embed");
         bar.set_position(0);
         let got = args.run.open(path)?.embed_many(&texts, args.batch, |k| bar.set_position(k as u64))?;
-        let mut cos: Vec<f32> = got.iter().zip(&reference).map(|(x, y)| embslim::pool::cosine(&x.embedding, &y.embedding)).collect();
-        let cos_min = cos.iter().fold(f32::INFINITY, |m, c| m.min(*c));
+        let cos = embslim::pool::cosine_stats(got.iter().zip(&reference).map(|(x, y)| (&x.embedding[..], &y.embedding[..])));
         #[allow(unused_mut)]
         let (mut accuracy, mut macro_f1) = (None, None);
         #[cfg(feature = "train")]
@@ -87,9 +86,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let report = EvalReport {
             bundle: path.display().to_string(),
-            cos_mean: cos.iter().map(|c| f64::from(*c)).sum::<f64>() / n.max(1) as f64,
-            cos_p5: embslim::pool::percentile(&mut cos, 0.05),
-            cos_min: f64::from(cos_min),
+            cos_mean: cos.mean,
+            cos_p5: cos.p5,
+            cos_min: cos.min,
             n,
             truncated: got.iter().filter(|e| e.truncated).count(),
             accuracy,

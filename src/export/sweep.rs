@@ -115,7 +115,7 @@ pub fn run(model: &Path, data: &Labelled, out: &Path, opts: &SweepOptions, progr
         let report = compress_bundle(model, &dir, &bundle_opts(method, ratio, weights), |_| {}, |_| {})?;
         let bundle = open(&dir)?;
         let got = bundle.embed_many(&texts, opts.batch, |_| {})?;
-        let mut cos: Vec<f32> = got.iter().zip(&reference).map(|(a, b)| crate::pool::cosine(&a.embedding, &b.embedding)).collect();
+        let cos = crate::pool::cosine_stats(got.iter().zip(&reference).map(|(a, b)| (&a.embedding[..], &b.embedding[..])));
         let flat: Vec<f32> = got.iter().flat_map(|e| e.embedding.iter().copied()).collect();
         let head = fit_head(&flat, d, data, &head_opts, |_, _, _| {})?;
         let zero_shot = test_idx.iter().filter(|&&i| crate::train::head::predict(&ref_head.weight, &ref_head.bias, &got[i].embedding, d) == data.classes[i]).count();
@@ -129,9 +129,9 @@ pub fn run(model: &Path, data: &Labelled, out: &Path, opts: &SweepOptions, progr
             table_bytes,
             table_ratio: (report.vocab * report.dim * 4) as f64 / table_bytes.max(1) as f64,
             bundle_bytes: report.bundle_bytes.unwrap_or(0),
-            cos_mean: cos.iter().map(|c| f64::from(*c)).sum::<f64>() / cos.len().max(1) as f64,
-            cos_min: cos.iter().fold(1f64, |m, c| m.min(f64::from(*c))),
-            cos_p5: crate::pool::percentile(&mut cos, 0.05),
+            cos_mean: cos.mean,
+            cos_p5: cos.p5,
+            cos_min: cos.min,
             accuracy: head.accuracy,
             accuracy_zero_shot: zero_shot as f64 / test_idx.len().max(1) as f64,
             latency_ms: latency_ms(&bundle, &texts)?,
