@@ -218,15 +218,17 @@ fn expand_q4(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), S
         return Err(bad());
     }
     let mut w = vec![0f32; n_in * n_out];
+    let mut row = vec![0f32; n_in];
     for o in 0..n_out {
+        // decode output channel o's row, then store it as column o of W
         for b in 0..nb {
             let k = o * nb + b;
             let scale = half::f16::from_le_bytes([s.raw_data[2 * k], s.raw_data[2 * k + 1]]).to_f32();
-            for (j, &byte) in q.raw_data[k * half_block..(k + 1) * half_block].iter().enumerate() {
-                let i = b * half_block * 2 + 2 * j;
-                w[i * n_out + o] = ((byte & 0x0f) as f32 - 8.0) * scale;
-                w[(i + 1) * n_out + o] = ((byte >> 4) as f32 - 8.0) * scale;
-            }
+            let block = half_block * 2;
+            crate::format::decode_q4_block(&q.raw_data[k * half_block..(k + 1) * half_block], scale, &mut row[b * block..(b + 1) * block]);
+        }
+        for (i, v) in row.iter().enumerate() {
+            w[i * n_out + o] = *v;
         }
     }
     Ok((vec![n_in as i64, n_out as i64], w))

@@ -202,6 +202,15 @@ pub struct Tier<'a> {
     pub scale: &'a [f16],
 }
 
+/// Decode one ggml Q4_0 block: two values a byte, low nibble first, x = (q - 8) * scale.
+/// The body's int4 weights (`encode::expand_stored_weights`) use the same layout.
+pub fn decode_q4_block(src: &[u8], scale: f32, dst: &mut [f32]) {
+    for (pair, &byte) in dst.chunks_exact_mut(2).zip(src) {
+        pair[0] = ((byte & 0x0f) as i32 - 8) as f32 * scale;
+        pair[1] = ((byte >> 4) as i32 - 8) as f32 * scale;
+    }
+}
+
 /// Decode one row of `bits`-bit codes (LSB-first bit stream) with per-block scales;
 /// `Err(block)` names a block whose scale is not finite.
 pub fn decode_kbit(codes: &[u8], scales: &[f16], bits: u8, block: usize, out: &mut [f32]) -> Result<(), usize> {
@@ -309,12 +318,7 @@ impl<'a> Factors<'a> {
                 let bytes = &q[row(d / 2)];
                 for b in 0..nb {
                     let s = finite(scale[token * nb + b].to_f32(), "block_scale", token * nb + b)?;
-                    let src = &bytes[b * Q4_BLOCK / 2..(b + 1) * Q4_BLOCK / 2];
-                    let dst = &mut out[b * Q4_BLOCK..(b + 1) * Q4_BLOCK];
-                    for (pair, &byte) in dst.chunks_exact_mut(2).zip(src) {
-                        pair[0] = ((byte & 0x0f) as i32 - 8) as f32 * s;
-                        pair[1] = ((byte >> 4) as i32 - 8) as f32 * s;
-                    }
+                    decode_q4_block(&bytes[b * Q4_BLOCK / 2..(b + 1) * Q4_BLOCK / 2], s, &mut out[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
                 }
             }
             Table::Tiered { tiers, n } => {
