@@ -100,7 +100,8 @@ proptest! {
         let x = common::noise(v * d, seed);
         let (mut h, t) = build(METHODS[m], CodesDtype::F16, &x, v, d, 3);
         let freq: Vec<u64> = common::noise(v, seed + 1).iter().map(|f| (f.abs() * 100.0) as u64).collect();
-        let (order, rows) = embslim::train::frequency_order(&freq);
+        let order = embslim::train::frequency_order(&freq);
+        let rows = embslim::train::row_of_token(&order);
         let permuted = t.permuted(&order, d);
         h.frequency_order = true;
         let bytes = format::serialize(&h, &permuted.view(), Some(&rows)).unwrap();

@@ -270,7 +270,7 @@ pub fn compress(src: &SourceTable, opts: &CompressOptions, freq: Option<&[u64]>,
     let mut c = Compressed { header, table, train_seconds: t0.elapsed().as_secs_f64(), best_epoch, order };
     // frequent tokens first, so the rows real text uses share pages of the mapped file
     if let (None, Some(f)) = (&c.order, freq) {
-        let (order, _) = frequency_order(f);
+        let order = frequency_order(f);
         c.table = c.table.permuted(&order, d);
         c.order = Some(order);
     }
@@ -322,12 +322,11 @@ where
 }
 
 /// Row order by corpus frequency: `order[i]` is the token stored at row i (most frequent
-/// first, ties by token id) and `row_of_token[t]` its inverse.
-pub fn frequency_order(freq: &[u64]) -> (Vec<usize>, Vec<u32>) {
+/// first, ties by token id); [`row_of_token`] is its inverse.
+pub fn frequency_order(freq: &[u64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..freq.len()).collect();
     order.sort_by(|&a, &b| freq[b].cmp(&freq[a]).then(a.cmp(&b)));
-    let rows = row_of_token(&order);
-    (order, rows)
+    order
 }
 
 /// The inverse of a row order: `row_of_token[order[i]] = i`.
