@@ -64,10 +64,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.limit {
         anyhow::ensure!(n > 0, "--limit must be at least 1");
         let step = data.texts.len().div_ceil(n).max(1);
-        let keep = |i: &usize| i % step == 0;
-        data.texts = data.texts.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, t)| t).collect();
-        data.origins = data.origins.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, t)| t).collect();
-        data.classes = data.classes.into_iter().enumerate().filter(|(i, _)| keep(i)).map(|(_, t)| t).collect();
+        fn every<T>(v: Vec<T>, step: usize) -> Vec<T> {
+            v.into_iter().step_by(step).collect()
+        }
+        data.texts = every(data.texts, step);
+        data.origins = every(data.origins, step);
+        data.classes = every(data.classes, step);
     }
     let opts = SweepOptions {
         methods: args.methods,
