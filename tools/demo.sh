@@ -3,12 +3,7 @@
 # compress all-MiniLM-L6-v2 into the default bundle and a lossless reference, measure what
 # the compression keeps on BBC News, train a classification head on the default bundle
 # (held-out accuracy), and classify real BBC headlines with it.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash models/fetch.sh
-cargo build --locked --quiet
-bin=${CARGO_TARGET_DIR:-target}/debug/embslim
-model=models/all-MiniLM-L6-v2
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 mkdir -p out
 echo "== compress: lossless reference bundle"
 $bin compress --model $model --out out/minilm-lossless --method none --weights f32

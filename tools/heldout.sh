@@ -6,12 +6,7 @@
 # f32 body, so the table is the only difference.
 # Writes out/heldout/{compress,eval}.jsonl and prints the markdown table.
 # Usage: bash tools/heldout.sh [RATIO...]   (mixed ratios; default 8 10 12 16 20)
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash models/fetch.sh
-cargo build --locked --quiet
-bin=${CARGO_TARGET_DIR:-target}/debug/embslim
-model=models/all-MiniLM-L6-v2
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 res=out/heldout
 split=target/bbc-split
 ratios=("${@:-8 10 12 16 20}")
@@ -32,11 +27,7 @@ for c in sorted(os.listdir(src)):
 PY
 mkdir -p $res
 : > $res/compress.jsonl
-run() { # name args...
-  local name=$1; shift
-  $bin compress --model $model --out $res/$name --weights f32 --corpus $split/freq --json "$@" >> $res/compress.jsonl
-  echo "compressed $name" >&2
-}
+run() { compress_f32 "$@" --corpus $split/freq; }
 run none --method none
 run int8 --method int8
 run int4 --method int4
