@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::embed;
-use crate::encode::{BodyBatch, Encoder};
+use crate::encode::{BodyBatch, Encoder, Int4};
 use crate::error::{Error, Result};
 use crate::format::{self, Factors};
 use crate::fsutil::{drop_page_cache, sha256_file};
@@ -30,11 +30,14 @@ pub struct OpenOptions {
     pub threads: usize,
     /// Truncate inputs to this many tokens (special tokens included); default: manifest.
     pub max_length: Option<usize>,
+    /// How tract holds an int4 body's weights; [`Int4::Packed`] on a body of another
+    /// scheme is an error, not silently ignored.
+    pub int4: Int4,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { threads: 1, max_length: None }
+        OpenOptions { threads: 1, max_length: None, int4: Int4::Expanded }
     }
 }
 
@@ -93,6 +96,13 @@ impl Bundle {
         if max_length < 2 {
             return Err(Error::Usage(format!("--max-length {max_length} leaves no room for the special tokens")));
         }
+        let bpath = dir.join(BODY_FILE);
+        // read, not mapped: a mapping would keep the whole file resident while tract
+        // decodes it (measured: peak RSS 180 MB mapped vs 161 MB read, f32 body); loaded
+        // before the tokenizer, whose parse would otherwise add its 4.7 MB to the body's
+        // load peak (all-MiniLM-L6-v2, packed int4: 21 -> 17 MB of heap)
+        let body = std::fs::read(&bpath).map_err(|e| Error::io(&bpath, e))?;
+        let encoder = Encoder::load(body, manifest.dim, opts.threads.max(1), manifest.weights, opts.int4).map_err(|msg| Error::bundle(&bpath, msg))?;
         let tpath = dir.join(TOKENIZER_FILE);
         let tokenizer = Tokenizer::from_file(&tpath, Some(max_length))?;
         if tokenizer.vocab_size() != manifest.vocab {
@@ -101,12 +111,6 @@ impl Bundle {
                 format!("vocabulary of {} tokens does not match the {} rows of the factor file", tokenizer.vocab_size(), manifest.vocab),
             ));
         }
-        let bpath = dir.join(BODY_FILE);
-        // read, not mapped: a mapping would keep the whole file resident while tract
-        // decodes it (measured: peak RSS 180 MB mapped vs 161 MB read, f32 body)
-        let body = std::fs::read(&bpath).map_err(|e| Error::io(&bpath, e))?;
-        let encoder = Encoder::load(&body, manifest.dim, opts.threads.max(1)).map_err(|msg| Error::bundle(&bpath, msg))?;
-        drop(body);
         let head = match &manifest.labels {
             Some(labels) => Some(Head::read(&dir.join(HEAD_FILE), labels, manifest.dim)?),
             None => None,
@@ -154,6 +158,24 @@ impl Bundle {
         if enc.is_empty() {
             return Ok(Vec::new());
         }
+        let batch = self.body_batch(enc)?;
+        let (seq, d, mask) = (batch.seq, self.manifest.dim, batch.mask.clone());
+        let hidden = self.encoder.run(batch).map_err(Error::Inference)?;
+        let pooled = pool::mean_pool(&hidden, &mask, enc.len(), seq, d, self.manifest.normalize);
+        Ok(pooled
+            .into_iter()
+            .zip(enc)
+            .map(|(embedding, e)| Embedded { embedding, tokens: e.ids.len(), truncated: e.truncated })
+            .collect())
+    }
+
+    /// Milliseconds per tract op of one body run on `enc` (see [`Encoder::profile`]).
+    pub fn profile_encoded(&self, enc: &[crate::tokenize::Encoded]) -> Result<Vec<(String, f64)>> {
+        self.encoder.profile(self.body_batch(enc)?).map_err(Error::Inference)
+    }
+
+    /// The body's inputs for `enc`: decoded rows, padded to the longest input.
+    fn body_batch(&self, enc: &[crate::tokenize::Encoded]) -> Result<BodyBatch> {
         let seq = enc.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
         let d = self.manifest.dim;
         let factors = self.factors()?;
@@ -172,14 +194,7 @@ impl Bundle {
                 *t = i64::from(ty);
             }
         }
-        let mask = batch.mask.clone();
-        let hidden = self.encoder.run(batch).map_err(Error::Inference)?;
-        let pooled = pool::mean_pool(&hidden, &mask, enc.len(), seq, d, self.manifest.normalize);
-        Ok(pooled
-            .into_iter()
-            .zip(enc)
-            .map(|(embedding, e)| Embedded { embedding, tokens: e.ids.len(), truncated: e.truncated })
-            .collect())
+        Ok(batch)
     }
 
     /// Class probabilities of each text, in the order of `manifest.labels`.

@@ -8,7 +8,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 use tract_onnx::tract_core::runtime::RunOptions;
-use tract_onnx::pb::{tensor_proto::DataType, ModelProto, TensorProto};
+use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, TensorProto};
+
+use crate::format::Q4_BLOCK;
+use crate::manifest::WeightScheme;
 
 /// Names of the body's inputs, in the order the graph declares them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,12 +37,24 @@ pub struct BodyBatch {
 }
 
 impl Encoder {
-    /// Load body.onnx bytes for hidden size `dim`, with `threads` matmul threads.
+    /// Load body.onnx bytes for hidden size `dim`, with `threads` matmul threads; with
+    /// `int4` = [`Int4::Packed`] an int4 body's weights stay Q4_0 in memory. `scheme` is
+    /// the manifest's: a graph storing its weights otherwise is an error.
     /// Errors are plain strings: the caller knows the file name.
-    pub fn load(bytes: &[u8], dim: usize, threads: usize) -> Result<Self, String> {
+    pub fn load(bytes: Vec<u8>, dim: usize, threads: usize, scheme: WeightScheme, int4: Int4) -> Result<Self, String> {
         use prost::Message;
-        let mut proto = ModelProto::decode(bytes).map_err(|e| format!("not a loadable ONNX body: {e}"))?;
-        expand_stored_weights(&mut proto)?;
+        if int4 == Int4::Packed && scheme != WeightScheme::Int4 {
+            return Err(format!("packed weights need an int4 body; the manifest says this one's are {}", scheme.name()));
+        }
+        let mut proto = ModelProto::decode(bytes.as_slice()).map_err(|e| format!("not a loadable ONNX body: {e}"))?;
+        // the proto holds its own copy of every tensor: the file's bytes would only add to the load peak
+        drop(bytes);
+        let found = expand_stored_weights(&mut proto, int4)?;
+        // (a graph with no MatMul weight we recognize, e.g. Gemm layers, can only be f32)
+        if found != [scheme] && !(found.is_empty() && scheme == WeightScheme::F32) {
+            let found: Vec<&str> = found.iter().map(|s| s.name()).collect();
+            return Err(format!("the manifest says {} weights but the graph's dense layers store {}", scheme.name(), if found.is_empty() { "none".into() } else { found.join(" and ") }));
+        }
         let onnx = tract_onnx::onnx().with_ignore_value_info(true);
         let mut model = onnx.model_for_proto_model(&proto).map_err(|e| format!("not a loadable ONNX body: {e:#}"))?;
         drop(proto);
@@ -87,7 +102,31 @@ impl Encoder {
     }
 
     /// Per-token hidden states [batch, seq, dim], row-major.
-    pub fn run(&self, mut b: BodyBatch) -> Result<Vec<f32>, String> {
+    pub fn run(&self, b: BodyBatch) -> Result<Vec<f32>, String> {
+        let (batch, seq) = (b.batch, b.seq);
+        let out = self.plan.run(self.inputs_of(b)?).map_err(|e| format!("running the body: {e:#}"))?;
+        self.hidden_states(out, batch, seq)
+    }
+
+    /// Run `b` once, timing every node of the plan: milliseconds per op name, summed over
+    /// the nodes of that op, slowest first (what `footprint --profile` prints).
+    pub fn profile(&self, b: BodyBatch) -> Result<Vec<(String, f64)>, String> {
+        let mut state = self.plan.spawn().map_err(|e| e.to_string())?;
+        let mut ms: std::collections::HashMap<String, f64> = Default::default();
+        state
+            .run_plan_with_eval(self.inputs_of(b)?, |ctx, op_state, node, input| {
+                let t = std::time::Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+                *ms.entry(node.op().name().to_string()).or_default() += t.elapsed().as_secs_f64() * 1e3;
+                r
+            })
+            .map_err(|e| format!("running the body: {e:#}"))?;
+        let mut ms: Vec<(String, f64)> = ms.into_iter().collect();
+        ms.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(ms)
+    }
+
+    fn inputs_of(&self, mut b: BodyBatch) -> Result<TVec<TValue>, String> {
         let mut tensors = TVec::new();
         for kind in &self.inputs {
             let t = match kind {
@@ -98,8 +137,10 @@ impl Encoder {
             .map_err(|e| format!("input shape: {e}"))?;
             tensors.push(t.into_tvalue());
         }
-        let (batch, seq) = (b.batch, b.seq);
-        let out = self.plan.run(tensors).map_err(|e| format!("running the body: {e:#}"))?;
+        Ok(tensors)
+    }
+
+    fn hidden_states(&self, out: TVec<TValue>, batch: usize, seq: usize) -> Result<Vec<f32>, String> {
         let first = out.first().ok_or("the body produced no output")?;
         let view = first.to_plain_array_view::<f32>().map_err(|e| e.to_string())?;
         // a body that passed the load-time checks can still misbehave at run time (e.g.
@@ -111,8 +152,24 @@ impl Encoder {
     }
 }
 
+/// How tract holds an int4 body's weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Int4 {
+    /// Expanded to f32 before tract reads the graph: tract's f32 kernels, the fastest here
+    /// (x86 AVX2), at f32 weight memory (all-MiniLM-L6-v2: 55 MB heap after load).
+    #[default]
+    Expanded,
+    /// Kept as Q4_0 blocks: each MatMul becomes ONNX Runtime's `MatMulNBits` (4 bits, blocks
+    /// of 32, zero point 8, which is exactly our stored layout), which tract 0.23 holds as a
+    /// block-quant constant and dequantizes inside its matmul kernels (18 MB heap after
+    /// load; about twice the latency on x86 AVX2, where only a one-column Q4_0 kernel exists).
+    Packed,
+}
+
 /// Expand the weights our exporter stores small (f16, int8 per output channel, Q4_0
-/// blocks; see `export::weights`) into f32 initializers before tract reads the graph.
+/// blocks; see `export::weights`) into f32 initializers before tract reads the graph,
+/// or, for Q4_0 weights with [`Int4::Packed`], hand them to tract as `MatMulNBits`.
+/// Returns the schemes the dense layers' weights were found stored in.
 ///
 /// tract would fold the expansion subgraphs itself, but it materializes every
 /// intermediate of every layer (nibbles, concatenation, casts, products) before pruning
@@ -120,8 +177,8 @@ impl Encoder {
 /// for the f32 body. Done here, one layer at a time, the peak is the f32 body's, and the
 /// arithmetic is the same as the graph's ((q - 8) * scale in f32), so results are
 /// identical. Graphs of other origin are left as they are.
-pub fn expand_stored_weights(model: &mut ModelProto) -> Result<(), String> {
-    let Some(graph) = model.graph.as_mut() else { return Ok(()) };
+pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<WeightScheme>, String> {
+    let Some(graph) = model.graph.as_mut() else { return Ok(Vec::new()) };
     let init_index: std::collections::HashMap<String, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     let producer: std::collections::HashMap<&str, usize> =
         graph.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
@@ -134,7 +191,10 @@ pub fn expand_stored_weights(model: &mut ModelProto) -> Result<(), String> {
         }
     }
     let mut new: Vec<TensorProto> = Vec::new();
-    for node in &graph.node {
+    let mut found = Vec::new();
+    // (MatMul node, stored weight prefix, K, N) to run as MatMulNBits
+    let mut packed: Vec<(usize, String, usize, usize)> = Vec::new();
+    for (ix, node) in graph.node.iter().enumerate() {
         let init = |name: &str| init_index.get(name).map(|&i| &graph.initializer[i]);
         match node.op_type.as_str() {
             // f16 weight (or position table) -> f32
@@ -145,11 +205,15 @@ pub fn expand_stored_weights(model: &mut ModelProto) -> Result<(), String> {
                 }
             }
             "MatMul" => {
-                let Some(w) = node.input.get(1).filter(|w| init(w).is_none() && constant.contains(w.as_str())) else { continue };
+                let Some(w) = node.input.get(1).filter(|w| constant.contains(w.as_str())) else { continue };
+                if init(w).is_some_and(|t| t.data_type == DataType::Float as i32) {
+                    found.push(WeightScheme::F32);
+                    continue;
+                }
                 // the stored tensors feeding this weight's expansion subgraph
                 let mut stack = vec![w.as_str()];
                 let mut seen = std::collections::HashSet::new();
-                let mut stored = None;
+                let (mut stored, mut f16) = (None, false);
                 while let Some(name) = stack.pop() {
                     if !seen.insert(name) {
                         continue;
@@ -157,13 +221,26 @@ pub fn expand_stored_weights(model: &mut ModelProto) -> Result<(), String> {
                     if let Some(p) = name.strip_suffix(".weight_q4").or_else(|| name.strip_suffix(".weight_q8")) {
                         stored = Some((p, name.ends_with("q4")));
                     }
+                    f16 |= init(name).is_some_and(|t| t.data_type == DataType::Float16 as i32);
                     if let Some(&n) = producer.get(name) {
                         stack.extend(graph.node[n].input.iter().map(String::as_str));
                     }
                 }
-                let Some((prefix, q4)) = stored else { continue };
+                let Some((prefix, q4)) = stored else {
+                    // f16 weights are expanded by the Cast arm
+                    if f16 {
+                        found.push(WeightScheme::F16);
+                    }
+                    continue;
+                };
+                found.push(if q4 { WeightScheme::Int4 } else { WeightScheme::Int8 });
                 let expanded = if q4 {
                     let (q, s) = (init(&format!("{prefix}.weight_q4")), init(&format!("{prefix}.weight_q4scale")));
+                    if let (Int4::Packed, Some(q), Some(s)) = (int4, q, s) {
+                        let (n_out, nb) = q4_dims(q, s)?;
+                        packed.push((ix, prefix.to_string(), nb * Q4_BLOCK, n_out));
+                        continue;
+                    }
                     q.zip(s).map(|(q, s)| expand_q4(q, s)).transpose()?
                 } else {
                     let (q, s) = (init(&format!("{prefix}.weight_q8")), init(&format!("{prefix}.weight_scale")));
@@ -176,10 +253,21 @@ pub fn expand_stored_weights(model: &mut ModelProto) -> Result<(), String> {
             _ => {}
         }
     }
-    if new.is_empty() {
-        return Ok(());
+    for (ix, prefix, k, n) in &packed {
+        let int = |name: &str, v: usize| AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v as i64, ..Default::default() };
+        let node = &mut graph.node[*ix];
+        node.input = vec![node.input[0].clone(), format!("{prefix}.weight_q4"), format!("{prefix}.weight_q4scale")];
+        node.op_type = "MatMulNBits".into();
+        node.domain = "com.microsoft".into();
+        node.attribute = vec![int("K", *k), int("N", *n), int("bits", 4), int("block_size", Q4_BLOCK)];
     }
-    // the expanded tensors replace the outputs of their subgraphs; drop what no one uses
+    found.sort_by_key(|s| *s as u8);
+    found.dedup();
+    if new.is_empty() && packed.is_empty() {
+        return Ok(found);
+    }
+    // the expanded tensors replace the outputs of their subgraphs (and MatMulNBits reads
+    // the stored tensors directly); drop what no one uses
     let replaced: std::collections::HashSet<String> = new.iter().map(|t| t.name.clone()).collect();
     graph.node.retain(|n| !n.output.iter().any(|o| replaced.contains(o)));
     graph.initializer.extend(new);
@@ -190,7 +278,7 @@ pub fn expand_stored_weights(model: &mut ModelProto) -> Result<(), String> {
         if dead.is_empty() {
             let used: std::collections::HashSet<String> = used.into_iter().map(str::to_string).collect();
             graph.initializer.retain(|t| used.contains(&t.name));
-            return Ok(());
+            return Ok(found);
         }
         for i in dead.into_iter().rev() {
             graph.node.remove(i);
@@ -209,14 +297,26 @@ fn dims3(t: &TensorProto) -> Option<(usize, usize, usize)> {
     }
 }
 
-/// Q4_0 rows [n_out, nb, 16] bytes with f16 scales [n_out, nb, 1] -> W [n_in, n_out].
-fn expand_q4(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), String> {
+/// (n_out, blocks per row) of Q4_0 rows [n_out, nb, 16] bytes with f16 scales [n_out, nb, 1].
+fn q4_dims(q: &TensorProto, s: &TensorProto) -> Result<(usize, usize), String> {
     let bad = || format!("stored weight {}: inconsistent Q4_0 blocks", q.name);
     let (n_out, nb, half_block) = dims3(q).ok_or_else(bad)?;
-    let n_in = nb.checked_mul(half_block * 2).ok_or_else(bad)?;
-    if q.raw_data.len() != n_out * nb * half_block || s.raw_data.len() != n_out * nb * 2 || s.data_type != DataType::Float16 as i32 {
+    let blocks = n_out.checked_mul(nb).ok_or_else(bad)?;
+    if half_block != Q4_BLOCK / 2
+        || q.raw_data.len() != blocks * half_block
+        || dims3(s) != Some((n_out, nb, 1))
+        || s.raw_data.len() != blocks * 2
+        || s.data_type != DataType::Float16 as i32
+    {
         return Err(bad());
     }
+    Ok((n_out, nb))
+}
+
+/// Q4_0 rows [n_out, nb, 16] bytes with f16 scales [n_out, nb, 1] -> W [n_in, n_out].
+fn expand_q4(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), String> {
+    let (n_out, nb) = q4_dims(q, s)?;
+    let (n_in, half_block) = (nb * Q4_BLOCK, Q4_BLOCK / 2);
     let mut w = vec![0f32; n_in * n_out];
     let mut row = vec![0f32; n_in];
     for o in 0..n_out {
@@ -224,8 +324,7 @@ fn expand_q4(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), S
         for b in 0..nb {
             let k = o * nb + b;
             let scale = half::f16::from_le_bytes([s.raw_data[2 * k], s.raw_data[2 * k + 1]]).to_f32();
-            let block = half_block * 2;
-            crate::format::decode_q4_block(&q.raw_data[k * half_block..(k + 1) * half_block], scale, &mut row[b * block..(b + 1) * block]);
+            crate::format::decode_q4_block(&q.raw_data[k * half_block..(k + 1) * half_block], scale, &mut row[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
         }
         for (i, v) in row.iter().enumerate() {
             w[i * n_out + o] = *v;
@@ -247,4 +346,17 @@ fn expand_q8(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), S
     let scale: Vec<f32> = s.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let w = q.raw_data.iter().enumerate().map(|(k, &v)| v as i8 as f32 * scale[k % n_out]).collect();
     Ok((q.dims.clone(), w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_weights_on_a_body_of_another_scheme_are_refused() {
+        for scheme in [WeightScheme::F32, WeightScheme::F16, WeightScheme::Int8] {
+            let err = Encoder::load(Vec::new(), 384, 1, scheme, Int4::Packed).err().expect("refused");
+            assert_eq!(err, format!("packed weights need an int4 body; the manifest says this one's are {}", scheme.name()));
+        }
+    }
 }

@@ -25,4 +25,5 @@ pub mod export;
 pub mod train;
 
 pub use bundle::{Bundle, Embedded, OpenOptions};
+pub use encode::Int4;
 pub use error::{Error, Result};

@@ -197,7 +197,7 @@ fn footprint_json_reports_the_interface_fields() {
     let bundle = head_bundle();
     let texts = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(texts.path(), HEADLINES.iter().map(|h| format!("{h} {h} {h} {h}\n")).collect::<String>()).unwrap();
-    let out = embslim().arg("footprint").arg(&bundle).arg("--texts").arg(texts.path()).args(["--runs", "2", "--docs", "3", "--lengths", "16", "--json"]).output().unwrap();
+    let out = embslim().arg("footprint").arg(&bundle).arg("--texts").arg(texts.path()).args(["--runs", "2", "--docs", "3", "--lengths", "16", "--json", "--profile"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = &json_lines(&out.stdout)[0];
     let files: u64 = ["body.onnx", "factors.safetensors", "tokenizer.json", "head.safetensors"].iter().map(|f| std::fs::metadata(bundle.join(f)).unwrap().len()).sum();
@@ -217,6 +217,18 @@ fn footprint_json_reports_the_interface_fields() {
     assert!(stages.windows(2).all(|w| w[0] <= w[1]) && stages[4] == r["peak_heap_bytes"].as_u64().unwrap(), "{stages:?}");
     assert!(r["heap_after_load_bytes"].as_u64().unwrap() <= stages[0]);
     assert!(r["peak_rss_bytes"].is_u64() || r["peak_rss_bytes"].is_null());
+    // VmHWM after each stage, where /proc exists: never falling, ending at the peak
+    let rss: Vec<Option<u64>> = r["peak_rss_by_stage"].as_array().unwrap().iter().map(|s| s[1].as_u64()).collect();
+    assert_eq!(rss.len(), 5);
+    if let Some(rss) = rss.iter().copied().collect::<Option<Vec<u64>>>() {
+        assert!(rss.windows(2).all(|w| w[0] <= w[1]) && Some(rss[4]) <= r["peak_rss_bytes"].as_u64(), "{rss:?}");
+    }
+    // --profile: the body's time by tract op at the longest length, the matrix products first
+    let p = &r["profile"];
+    assert_eq!((p["seq"].as_u64(), p["runs"].as_u64()), (Some(16), Some(2)));
+    let ops: Vec<(&str, f64)> = p["ms_by_op"].as_array().unwrap().iter().map(|o| (o[0].as_str().unwrap(), o[1].as_f64().unwrap())).collect();
+    assert!(ops.windows(2).all(|w| w[0].1 >= w[1].1) && ops.iter().all(|o| o.1 >= 0.0), "{ops:?}");
+    assert!(ops.iter().any(|o| o.0.contains("MatMul")), "{ops:?}");
     assert!(r["binary_bytes"].as_u64().unwrap() > 0);
     for k in ["load_ms", "first_result_ms", "decode_ns_per_token"] {
         assert!(r[k].as_f64().unwrap() > 0.0, "{k}");

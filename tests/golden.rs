@@ -268,7 +268,7 @@ fn expanded_weights_compute_exactly_what_the_stored_graph_does() {
         let stored = std::fs::read(out.join("body.onnx")).unwrap();
         let mut proto = tract_onnx::pb::ModelProto::decode(&stored[..]).unwrap();
         let before = proto.graph.as_ref().unwrap().node.len();
-        embslim::encode::expand_stored_weights(&mut proto).unwrap();
+        embslim::encode::expand_stored_weights(&mut proto, embslim::encode::Int4::Expanded).unwrap();
         let g = proto.graph.as_ref().unwrap();
         assert!(g.node.len() < before, "{weights}: nothing was expanded");
         let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
@@ -301,4 +301,28 @@ fn expanded_weights_compute_exactly_what_the_stored_graph_does() {
         // same arithmetic in the same order: identical up to kernel tiling (LOSSLESS_MAX_ABS)
         assert!(max <= LOSSLESS_MAX_ABS, "{weights}: max abs diff {max}");
     }
+}
+
+/// `Int4::Packed` hands the same Q4_0 weights to tract's block-quant kernels instead of
+/// expanding them to f32 first: the dequantized values are the same, only the order of the
+/// sums differs, so the sentence embeddings agree to float rounding (LOSSLESS_MAX_ABS) on
+/// real text.
+#[test]
+fn packed_int4_weights_embed_like_expanded_ones() {
+    let dir = common::root().join("target/test-bundles/minilm-none-int4");
+    let opts = BundleOptions {
+        table: CompressOptions { method: Method::None, ..CompressOptions::default() },
+        weights: Some(WeightScheme::Int4),
+        max_length: Some(128),
+        corpus: None,
+        tokenizer: None,
+    };
+    compress_bundle(&common::minilm(), &dir, &opts, |_| {}, |_| {}).unwrap();
+    let open = |int4| Bundle::open(&dir, &OpenOptions { int4, ..OpenOptions::default() }).unwrap();
+    let (expanded, packed) = (open(embslim::Int4::Expanded), open(embslim::Int4::Packed));
+    let texts: Vec<&str> = sample().iter().map(|(t, _)| t.as_str()).collect();
+    let (a, b) = (expanded.embed_many(&texts, 4, |_| {}).unwrap(), packed.embed_many(&texts, 4, |_| {}).unwrap());
+    let worst = a.iter().zip(&b).flat_map(|(x, y)| x.embedding.iter().zip(&y.embedding).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max);
+    eprintln!("packed vs expanded int4 body on {} BBC documents: max abs diff {worst}", texts.len());
+    assert!(worst <= LOSSLESS_MAX_ABS, "max abs diff {worst} > {LOSSLESS_MAX_ABS}");
 }

@@ -160,6 +160,7 @@ fn malformed_bundles_are_refused_naming_the_file_and_the_rule() {
             replace(d, "tokenizer.json", &serde_json::to_vec(&t).unwrap());
             rehash(d);
         }), "tokenizer.json", "vocabulary of 30521 tokens does not match the 30522 rows"),
+        ("weight scheme differs from the graph", Box::new(|d| edit_manifest(d, |m| m["weights"] = json!(if m["weights"] == "int8" { "f16" } else { "int8" }))), "body.onnx", "weights but the graph's dense layers store"),
         ("body not ONNX", Box::new(|d| { replace(d, "body.onnx", b"\x08\x07garbage, not a protobuf \xff\xff\xff"); rehash(d); }), "body.onnx", "not a loadable ONNX body"),
         ("head not safetensors", Box::new(|d| { replace(d, "head.safetensors", b"head"); rehash(d); }), "head.safetensors", "not a valid safetensors file"),
         ("head shape differs from the labels", Box::new(|d| { replace(d, "head.safetensors", &head_bytes(3, 384, 0.1)); rehash(d); }), "head.safetensors", "tensor 'weight' is F32 [3, 384], expected F32 [5, 384]"),

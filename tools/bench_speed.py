@@ -4,14 +4,16 @@ onnxruntime on the same model (fp32, and quantize_dynamic int8 per-tensor and
 per-channel), same inputs, in one invocation.
 
 Inputs: BBC News documents truncated to 32 and 128 tokens, batch 1, 1 and 2 threads.
-Prints median latency, peak RSS, file bytes and the ratio to onnxruntime int8
-(per-channel) for each configuration. Every configuration runs in its own process so
+Prints median latency, peak RSS, file bytes and the ratios to onnxruntime (latency to
+int8 per-channel, peak RSS to fp32 and int8) for each configuration, int4 also with
+`--packed` (weights kept Q4_0 in tract). Every configuration runs in its own process so
 its peak RSS is its own.
 
 onnxruntime runs our lossless body.onnx (the original all-MiniLM-L6-v2 weights without
 the word-embedding lookup, which costs microseconds) with inputs_embeds gathered by numpy.
 
 Usage: python3 tools/bench_speed.py [--runs 30] [--bin target/debug/embslim]
+(peak RSS counts the binary's resident pages: pass a release build for device figures)
 """
 import argparse
 import json
@@ -31,10 +33,11 @@ def sh(*args, **kw):
     return subprocess.run(args, check=True, **kw)
 
 
-def bundles(binary):
+def bundles(binary, schemes=SCHEMES):
+    """Our bundle in each body scheme (default table), and the lossless one onnxruntime runs."""
     os.makedirs(OUT, exist_ok=True)
     paths = {}
-    for w in SCHEMES:
+    for w in schemes:
         p = os.path.join(OUT, f"minilm-default-table-{w}")
         if not os.path.exists(os.path.join(p, "manifest.json")):
             sh(binary, "compress", "--model", MODEL, "--out", p, "--weights", w, "--max-length", "128",
@@ -51,12 +54,15 @@ def dir_bytes(p):
     return sum(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p))
 
 
-def ours(binary, bundle, threads, runs, texts):
+def ours(binary, bundle, threads, runs, texts, *extra):
     out = subprocess.run([binary, "footprint", bundle, "--texts", texts, "--runs", str(runs), "--docs", "1",
-                          "--lengths", "32,128", "--threads", str(threads), "--json"],
+                          "--lengths", "32,128", "--threads", str(threads), "--json", *extra],
                          check=True, capture_output=True, text=True)
     r = json.loads(out.stdout)
-    return {"lat": {int(k): v["p50"] for k, v in r["latency_ms"].items()}, "rss": r["peak_rss_bytes"], "bytes": r["bundle_bytes"]}
+    # VmHWM once the batch-1 latency runs are done, as for onnxruntime: footprint's last
+    # stage (batches of 8 for throughput) is not part of this comparison
+    rss = dict(r["peak_rss_by_stage"])["latency"]
+    return {"lat": {int(k): v["p50"] for k, v in r["latency_ms"].items()}, "rss": rss, "bytes": r["bundle_bytes"]}
 
 
 ORT_CHILD = r'''
@@ -128,12 +134,14 @@ def main():
             rows.append((name, threads, r))
         for w, p in paths.items():
             rows.append((f"embslim default table + {w} body", threads, ours(a.bin, p, threads, a.runs, texts)))
-    print("| config | threads | p50 ms seq 32 | p50 ms seq 128 | ratio to ort int8 (seq 128) | peak RSS MB | file MB |")
-    print("|---|---|---|---|---|---|---|")
+        rows.append(("embslim default table + int4 body --packed", threads, ours(a.bin, paths["int4"], threads, a.runs, texts, "--packed")))
+    print("| config | threads | p50 ms seq 32 | p50 ms seq 128 | latency vs ort int8 (seq 128) | peak RSS MB | RSS vs ort fp32 | RSS vs ort int8 | file MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, threads, r in rows:
         ref = next(x for n, t, x in rows if n == "ort-int8-channel" and t == threads)
+        fp32 = next(x for n, t, x in rows if n == "ort-fp32" and t == threads)
         print(f"| {name} | {threads} | {r['lat'][32]:.2f} | {r['lat'][128]:.2f} | {r['lat'][128] / ref['lat'][128]:.2f}x | "
-              f"{r['rss'] / 1e6:.1f} | {r['bytes'] / 1e6:.1f} |")
+              f"{r['rss'] / 1e6:.1f} | {r['rss'] / fp32['rss']:.2f}x | {r['rss'] / ref['rss']:.2f}x | {r['bytes'] / 1e6:.1f} |")
 
 
 if __name__ == "__main__":

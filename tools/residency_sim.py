@@ -2,7 +2,8 @@
 """Which 4 KB pages of a mixed factor file classifying the first N BBC documents touches,
 computed from the file layout (no runtime): reproduces `embslim footprint --docs N`'s
 factor residency and compares the stored layout (codes and scales in separate tensors)
-with an interleaved one (each row's scales next to its codes).
+with an interleaved one (each row's scales next to its codes) and with the bytes of the
+touched rows alone (the floor at byte granularity).
 
 Usage: python3 tools/residency_sim.py BUNDLE [N=100]
 """
@@ -61,3 +62,10 @@ print(f"{len(ids)} distinct tokens in the first {n_docs} documents; file of {tot
 for name, inter in (("stored layout", False), ("interleaved rows", True)):
     p = pages(inter)
     print(f"{name}: {p} pages ({p * PAGE / 1e6:.2f} MB, {100 * p / total:.0f} %)")
+# the floor no layout of these rows can beat: the bytes of the touched rows and their
+# order entries, as if memory were paged by the byte
+touched, start = 4 * len(ids), 0
+for t in tiers:
+    touched += sum(1 for r in rows if start <= r < start + t["rows"]) * (d * t["bits"] // 8 + 2 * (d // t["block"]))
+    start += t["rows"]
+print(f"bytes of the touched rows alone: {touched / 1e6:.2f} MB ({100 * touched / len(b):.0f} %)")

@@ -28,6 +28,9 @@ pub struct Args {
     /// Documents classified (or embedded, without a head) for the memory figures.
     #[arg(long, default_value_t = 100)]
     pub docs: usize,
+    /// Also time every tract op at the longest sequence length (ms per run by op).
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub run: RunArgs,
     #[arg(long)]
@@ -48,6 +51,9 @@ struct Report {
     /// Heap held once the bundle is loaded (the body's weights and plan).
     heap_after_load_bytes: usize,
     peak_rss_bytes: Option<u64>,
+    /// VmHWM when each stage ended: `documents` is the peak of loading and classifying
+    /// one document at a time, before the batched throughput stage.
+    peak_rss_by_stage: Vec<(&'static str, Option<u64>)>,
     rss_bytes: Option<u64>,
     factor_file_bytes: usize,
     factor_resident_bytes: Option<usize>,
@@ -59,7 +65,20 @@ struct Report {
     /// rows already resident): what the table's storage costs next to the transformer.
     decode_ns_per_token: f64,
     throughput_docs_per_s: f64,
+    /// With --profile: where a body run at the longest length spends its time.
+    profile: Option<Profile>,
 }
+
+#[derive(Serialize)]
+struct Profile {
+    seq: usize,
+    runs: usize,
+    /// Mean milliseconds per run by tract op name, slowest first.
+    ms_by_op: Vec<(String, f64)>,
+}
+
+/// Inputs cut to each sequence length for the latency figures.
+const LATENCY_INPUTS: usize = 200;
 
 const BUILTIN: [&str; 4] = [
     "Shares in the bank fell sharply on Monday after it reported a drop in annual profits, blaming weaker lending and higher costs, while analysts said the outlook for the rest of the year remained uncertain as interest rates stayed high.",
@@ -96,13 +115,18 @@ fn cut(e: &Encoded, len: usize) -> Option<Encoded> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let texts = load_texts(&args.texts)?;
+    let mut texts = load_texts(&args.texts)?;
     anyhow::ensure!(!texts.is_empty(), "no texts to run");
+    // keep only what the stages below use (documents, latency inputs, throughput sample): the
+    // rest of a corpus would sit in the heap and RSS figures as if the bundle needed it
+    texts.truncate(args.docs.max(LATENCY_INPUTS));
+    texts.shrink_to_fit();
     let t0 = Instant::now();
     let bundle = args.run.open(&args.bundle)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let heap_after_load_bytes = footprint::heap().0;
     let mut stages = vec![("load", footprint::heap().1)];
+    let mut rss_stages = vec![("load", footprint::proc_rss().0)];
     let classified = bundle.head().is_some();
     if classified {
         bundle.classify_batch(&[&texts[0]])?;
@@ -111,6 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let first_result_ms = t0.elapsed().as_secs_f64() * 1e3;
     stages.push(("first_result", footprint::heap().1));
+    rss_stages.push(("first_result", footprint::proc_rss().0));
 
     // memory: classify (or embed) the first `docs` documents one at a time
     let n = args.docs.min(texts.len()).max(1);
@@ -123,9 +148,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let factor_resident_bytes = bundle.factor_map().resident_bytes();
     stages.push(("documents", footprint::heap().1));
+    rss_stages.push(("documents", footprint::proc_rss().0));
 
     // latency at fixed sequence lengths, batch 1
-    let enc: Vec<Encoded> = texts.iter().take(200).map(|t| bundle.tokenizer().encode(t)).collect::<Result<_, _>>()?;
+    let enc: Vec<Encoded> = texts.iter().take(LATENCY_INPUTS).map(|t| bundle.tokenizer().encode(t)).collect::<Result<_, _>>()?;
     let mut latency_ms = BTreeMap::new();
     for &len in &args.lengths {
         let inputs: Vec<Encoded> = enc.iter().filter_map(|e| cut(e, len)).collect();
@@ -143,7 +169,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         latency_ms.insert(len, footprint::percentiles(&mut ms));
     }
+    // per-op times at the longest length, on the inputs the latency runs used
+    let mut profile = None;
+    if let Some(&len) = args.profile.then(|| latency_ms.keys().last()).flatten() {
+        let inputs: Vec<Encoded> = enc.iter().filter_map(|e| cut(e, len)).take(args.runs.max(1)).collect();
+        let mut total: BTreeMap<String, f64> = BTreeMap::new();
+        for e in &inputs {
+            for (op, ms) in bundle.profile_encoded(std::slice::from_ref(e))? {
+                *total.entry(op).or_default() += ms / inputs.len() as f64;
+            }
+        }
+        let mut ops: Vec<(String, f64)> = total.into_iter().collect();
+        ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+        profile = Some(Profile { seq: len, runs: inputs.len(), ms_by_op: ops });
+    }
     stages.push(("latency", footprint::heap().1));
+    rss_stages.push(("latency", footprint::proc_rss().0));
 
     // the embed stage alone: decode the rows of every token of those inputs, a few times
     let factors = bundle.factors()?;
@@ -162,6 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bundle.embed_many(&sample, 8, |_| {})?;
     let throughput_docs_per_s = sample.len() as f64 / t.elapsed().as_secs_f64();
     stages.push(("throughput", footprint::heap().1));
+    rss_stages.push(("throughput", footprint::proc_rss().0));
 
     let (peak_rss_bytes, rss_bytes) = footprint::proc_rss();
     let files: BTreeMap<String, u64> = bundle.manifest.files.iter().map(|(k, v)| (k.clone(), v.bytes)).collect();
@@ -176,6 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         peak_heap_by_stage: stages,
         heap_after_load_bytes,
         peak_rss_bytes,
+        peak_rss_by_stage: rss_stages,
         rss_bytes,
         factor_file_bytes: bundle.factor_map().bytes().len(),
         factor_resident_bytes,
@@ -185,6 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         latency_ms,
         decode_ns_per_token,
         throughput_docs_per_s,
+        profile,
     };
     if args.json {
         super::output::json_line(&report)?;
@@ -212,6 +256,8 @@ fn print_table(r: &Report) {
     let stages: Vec<String> = r.peak_heap_by_stage.iter().map(|(s, b)| format!("{s} {}", mb(*b as u64))).collect();
     println!("  peak by stage   {}", stages.join(", "));
     println!("peak RSS (VmHWM)  {}", opt(r.peak_rss_bytes));
+    let stages: Vec<String> = r.peak_rss_by_stage.iter().map(|(s, b)| format!("{s} {}", opt(*b))).collect();
+    println!("  peak by stage   {}", stages.join(", "));
     println!("RSS now           {}", opt(r.rss_bytes));
     println!(
         "factor resident   {} of {} after {} {}",
@@ -225,4 +271,11 @@ fn print_table(r: &Report) {
     }
     println!("decode            {:.0} ns per token (embed stage: rows from the factor file)", r.decode_ns_per_token);
     println!("throughput        {:.1} docs/s", r.throughput_docs_per_s);
+    if let Some(p) = &r.profile {
+        let total: f64 = p.ms_by_op.iter().map(|(_, ms)| ms).sum();
+        println!("profile seq {}    {:.2} ms per run over {} runs, by tract op:", p.seq, total, p.runs);
+        for (op, ms) in p.ms_by_op.iter().take(8) {
+            println!("  {op:<22}{ms:>8.2} ms  {:>5.1} %", 100.0 * ms / total);
+        }
+    }
 }

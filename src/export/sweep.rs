@@ -92,7 +92,7 @@ pub fn run(model: &Path, data: &Labelled, out: &Path, opts: &SweepOptions, progr
         corpus: corpus.clone(),
         tokenizer: None,
     };
-    let open = |dir: &Path| Bundle::open(dir, &OpenOptions { threads: opts.threads, max_length: None });
+    let open = |dir: &Path| Bundle::open(dir, &OpenOptions { threads: opts.threads, ..OpenOptions::default() });
 
     progress(0, grid.len(), "reference (lossless)");
     let ref_dir = out.join("reference");
