@@ -55,9 +55,22 @@ impl Encoder {
             let found: Vec<&str> = found.iter().map(|s| s.name()).collect();
             return Err(format!("the manifest says {} weights but the graph's dense layers store {}", scheme.name(), if found.is_empty() { "none".into() } else { found.join(" and ") }));
         }
+        Self::from_proto(proto, dim, threads, &[])
+    }
+
+    /// The body of `proto` (weights already f32 or packed) with the values named in
+    /// `extra` as further outputs after the hidden states ([`Encoder::run_outputs`]).
+    pub fn from_proto(proto: ModelProto, dim: usize, threads: usize, extra: &[String]) -> Result<Self, String> {
         let onnx = tract_onnx::onnx().with_ignore_value_info(true);
         let mut model = onnx.model_for_proto_model(&proto).map_err(|e| format!("not a loadable ONNX body: {e:#}"))?;
         drop(proto);
+        if !extra.is_empty() {
+            let mut outputs = model.output_outlets().map_err(|e| e.to_string())?.to_vec();
+            for name in extra {
+                outputs.push(model.find_outlet_label(name).ok_or_else(|| format!("the body has no value named '{name}'"))?);
+            }
+            model.select_output_outlets(&outputs).map_err(|e| e.to_string())?;
+        }
         let batch = model.symbols.sym("batch");
         let seq = model.symbols.sym("seq");
         let mut inputs = Vec::new();
@@ -106,6 +119,13 @@ impl Encoder {
         let (batch, seq) = (b.batch, b.seq);
         let out = self.plan.run(self.inputs_of(b)?).map_err(|e| format!("running the body: {e:#}"))?;
         self.hidden_states(out, batch, seq)
+    }
+
+    /// Every output of one run, flattened row-major: the hidden states, then the values
+    /// [`Encoder::from_proto`] was asked for.
+    pub fn run_outputs(&self, b: BodyBatch) -> Result<Vec<Vec<f32>>, String> {
+        let out = self.plan.run(self.inputs_of(b)?).map_err(|e| format!("running the body: {e:#}"))?;
+        out.iter().map(|t| t.to_plain_array_view::<f32>().map(|v| v.iter().copied().collect()).map_err(|e| e.to_string())).collect()
     }
 
     /// Run `b` once, timing every node of the plan: milliseconds per op name, summed over

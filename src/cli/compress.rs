@@ -58,6 +58,10 @@ pub struct Args {
     /// Longest input in tokens (default: the model's sentence-transformers setting, else 128).
     #[arg(long)]
     max_length: Option<usize>,
+    /// Corpus documents run through the f32 body to calibrate GPTQ for `--weights int4`
+    /// (0: plain least-squares rounding).
+    #[arg(long, default_value_t = embslim::export::calibrate::CALIBRATION_DOCS)]
+    calibration_docs: usize,
     /// Write only factors.safetensors (no body, no tokenizer): trainer experiments, and
     /// tables too large to deploy.
     #[arg(long)]
@@ -88,7 +92,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None
     };
-    let opts = BundleOptions { table: opts, weights: args.weights, max_length: args.max_length, corpus, tokenizer: args.tokenizer.clone() };
+    let opts = BundleOptions {
+        table: opts,
+        weights: args.weights,
+        max_length: args.max_length,
+        corpus,
+        tokenizer: args.tokenizer.clone(),
+        calibration_docs: args.calibration_docs,
+    };
 
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));

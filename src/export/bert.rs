@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto};
 
 use super::graph::{attr_float, attr_int, attr_ints, value_info, Dim, Graph};
+use super::calibrate::Hessians;
 use super::weights::Linear;
 use crate::manifest::WeightScheme;
 use crate::error::{Error, Result};
@@ -139,8 +140,16 @@ impl<'a> Checkpoint<'a> {
     }
 }
 
-/// Build the body of the checkpoint in `dir` with MatMul weights stored as `scheme`.
-pub fn build_body(dir: &Path, scheme: WeightScheme) -> Result<(ModelProto, BertConfig)> {
+/// The body of a checkpoint, and for each dense layer (by name) the graph value it reads.
+pub struct Body {
+    pub model: ModelProto,
+    pub config: BertConfig,
+    pub layer_inputs: Vec<(String, String)>,
+}
+
+/// Build the body of the checkpoint in `dir` with MatMul weights stored as `scheme`; int4
+/// layers with an input curvature in `hessians` (by layer name) are quantized by GPTQ.
+pub fn build_body(dir: &Path, scheme: WeightScheme, hessians: &Hessians) -> Result<Body> {
     let cfg = BertConfig::read(dir)?;
     let path = dir.join("model.safetensors");
     // SAFETY: checkpoints are inputs we only read; see `Mapped::open`.
@@ -149,6 +158,11 @@ pub fn build_body(dir: &Path, scheme: WeightScheme) -> Result<(ModelProto, BertC
     let (d, ff, heads) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads);
     let dh = d / heads;
     let mut g = Graph::default();
+    let mut layer_inputs = Vec::new();
+    let mut dense = |g: &mut Graph, name: String, n_in: usize, n_out: usize, x: &str| -> Result<String> {
+        layer_inputs.push((name.clone(), x.to_string()));
+        scheme.emit(g, &ck.linear(&name, n_in, n_out)?, x, hessians.get(&name).map(Vec::as_slice))
+    };
 
     g.inputs.push(value_info("inputs_embeds", DataType::Float, &[Dim::Sym("batch"), Dim::Sym("seq"), Dim::Fixed(d as i64)]));
     g.inputs.push(value_info("attention_mask", DataType::Int64, &[Dim::Sym("batch"), Dim::Sym("seq")]));
@@ -193,9 +207,9 @@ pub fn build_body(dir: &Path, scheme: WeightScheme) -> Result<(ModelProto, BertC
             let r = g.node("Reshape", &[x, &split], vec![]);
             g.node("Transpose", &[&r], vec![attr_ints("perm", perm)])
         };
-        let q = scheme.emit(&mut g, &ck.linear(&format!("{p}.attention.self.query"), d, d)?, &h)?;
-        let k = scheme.emit(&mut g, &ck.linear(&format!("{p}.attention.self.key"), d, d)?, &h)?;
-        let v = scheme.emit(&mut g, &ck.linear(&format!("{p}.attention.self.value"), d, d)?, &h)?;
+        let q = dense(&mut g, format!("{p}.attention.self.query"), d, d, &h)?;
+        let k = dense(&mut g, format!("{p}.attention.self.key"), d, d, &h)?;
+        let v = dense(&mut g, format!("{p}.attention.self.value"), d, d, &h)?;
         let q = heads_of(&mut g, &q, &[0, 2, 1, 3]);
         let k = heads_of(&mut g, &k, &[0, 2, 3, 1]);
         let v = heads_of(&mut g, &v, &[0, 2, 1, 3]);
@@ -206,12 +220,12 @@ pub fn build_body(dir: &Path, scheme: WeightScheme) -> Result<(ModelProto, BertC
         let c = g.node("MatMul", &[&pr, &v], vec![]);
         let c = g.node("Transpose", &[&c], vec![attr_ints("perm", &[0, 2, 1, 3])]);
         let c = g.node("Reshape", &[&c, &merge], vec![]);
-        let a = scheme.emit(&mut g, &ck.linear(&format!("{p}.attention.output.dense"), d, d)?, &c)?;
+        let a = dense(&mut g, format!("{p}.attention.output.dense"), d, d, &c)?;
         let a = g.node("Add", &[&a, &h], vec![]);
         let h1 = layer_norm(&mut g, &ck, &a, &format!("{p}.attention.output.LayerNorm"), d, cfg.layer_norm_eps)?;
-        let i = scheme.emit(&mut g, &ck.linear(&format!("{p}.intermediate.dense"), d, ff)?, &h1)?;
+        let i = dense(&mut g, format!("{p}.intermediate.dense"), d, ff, &h1)?;
         let act = activation(&mut g, &i, &cfg.hidden_act);
-        let o = scheme.emit(&mut g, &ck.linear(&format!("{p}.output.dense"), ff, d)?, &act)?;
+        let o = dense(&mut g, format!("{p}.output.dense"), ff, d, &act)?;
         let o = g.node("Add", &[&o, &h1], vec![]);
         h = layer_norm(&mut g, &ck, &o, &format!("{p}.output.LayerNorm"), d, cfg.layer_norm_eps)?;
     }
@@ -223,7 +237,7 @@ pub fn build_body(dir: &Path, scheme: WeightScheme) -> Result<(ModelProto, BertC
         ..Default::default()
     });
     g.outputs.push(value_info("last_hidden_state", DataType::Float, &[Dim::Sym("batch"), Dim::Sym("seq"), Dim::Fixed(d as i64)]));
-    Ok((g.into_model("embslim-body"), cfg))
+    Ok(Body { model: g.into_model("embslim-body"), config: cfg, layer_inputs })
 }
 
 fn layer_norm(g: &mut Graph, ck: &Checkpoint<'_>, x: &str, name: &str, d: usize, eps: f32) -> Result<String> {

@@ -2,6 +2,7 @@
 //! compressed table, the tokenizer and the manifest that ties them together.
 
 pub mod bert;
+pub mod calibrate;
 pub mod graph;
 pub mod rewrite;
 pub mod sweep;
@@ -34,6 +35,9 @@ pub struct BundleOptions {
     pub corpus: Option<PathBuf>,
     /// tokenizer.json; default: the one beside the model.
     pub tokenizer: Option<PathBuf>,
+    /// Corpus documents the f32 body runs on to calibrate GPTQ for an int4 body (0: plain
+    /// least-squares rounding; no corpus: the same, with a warning).
+    pub calibration_docs: usize,
 }
 
 /// The body weights of the default bundle, chosen by measurement (README, "Quantized
@@ -109,7 +113,20 @@ pub fn compress_bundle(
     // the body first: a model whose graph cannot be exported fails before training
     let (body, token_type_ids, default_len) = match src.kind {
         train::source::SourceKind::HuggingFace => {
-            let (m, cfg) = bert::build_body(&dir, weights)?;
+            let hessians = match (&opts.corpus, weights == WeightScheme::Int4 && opts.calibration_docs > 0) {
+                (Some(c), true) => {
+                    let corpus = corpus::load(c)?;
+                    let f32_body = bert::build_body(&dir, WeightScheme::F32, &Default::default())?;
+                    let calib_tok = Tokenizer::from_bytes(&tok_bytes, &tok_path, Some(calibrate::CALIBRATION_TOKENS))?;
+                    calibrate::hessians(f32_body, &src, &calib_tok, &corpus, opts.calibration_docs, &mut progress)?
+                }
+                (None, true) => {
+                    warn("no corpus: the int4 body is rounded without GPTQ calibration (pass --corpus)".into());
+                    Default::default()
+                }
+                _ => Default::default(),
+            };
+            let bert::Body { model: m, config: cfg, .. } = bert::build_body(&dir, weights, &hessians)?;
             if cfg.hidden_size != src.dim {
                 return Err(Error::model(
                     dir.join("config.json"),

@@ -91,6 +91,7 @@ pub fn run(model: &Path, data: &Labelled, out: &Path, opts: &SweepOptions, progr
         max_length: Some(opts.max_length),
         corpus: corpus.clone(),
         tokenizer: None,
+        calibration_docs: super::calibrate::CALIBRATION_DOCS,
     };
     let open = |dir: &Path| Bundle::open(dir, &OpenOptions { threads: opts.threads, ..OpenOptions::default() });
 

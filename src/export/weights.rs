@@ -12,7 +12,7 @@ use super::graph::{attr_int, attr_ints, Graph};
 use crate::error::{Error, Result};
 use crate::format::Q4_BLOCK;
 use crate::manifest::WeightScheme;
-use crate::train::quant;
+use crate::train::{gptq, quant};
 
 /// A dense layer, weight already in MatMul layout [in, out].
 pub struct Linear {
@@ -41,8 +41,10 @@ fn raw(name: &str, dt: DataType, dims: &[usize], bytes: Vec<u8>) -> TensorProto 
 }
 
 impl WeightScheme {
-    /// Emit `x @ W + b` for `lin` and return the output name.
-    pub fn emit(self, g: &mut Graph, lin: &Linear, x: &str) -> Result<String> {
+    /// Emit `x @ W + b` for `lin` and return the output name. An int4 layer with the
+    /// curvature of its inputs (`hessian`, see `calibrate`) is quantized by GPTQ, else by
+    /// least-squares rounding.
+    pub fn emit(self, g: &mut Graph, lin: &Linear, x: &str, hessian: Option<&[f64]>) -> Result<String> {
         let (n_in, n_out, name) = (lin.n_in, lin.n_out, lin.name.as_str());
         let w = match self {
             WeightScheme::F32 => g.init_f32(&format!("{name}.weight"), &[n_in, n_out], &lin.weight),
@@ -68,7 +70,12 @@ impl WeightScheme {
                         "--weights int4 needs every layer's input width to be a multiple of {Q4_BLOCK}; {name} has {n_in}"
                     )));
                 }
-                let (q, scale) = quant::q4_0_lsq(&lin.rows());
+                let (q, scale) = match hessian {
+                    Some(h) => gptq::q4_0_gptq(&lin.rows(), n_in, h).ok_or_else(|| {
+                        Error::Usage(format!("GPTQ for {name}: the calibration inputs' curvature cannot be factored (non-finite activations?)"))
+                    })?,
+                    None => quant::q4_0_lsq(&lin.rows()),
+                };
                 let nb = n_in / Q4_BLOCK;
                 g.inits.push(raw(&format!("{name}.weight_q4"), DataType::Uint8, &[n_out, nb, Q4_BLOCK / 2], q));
                 let sbytes = scale.iter().flat_map(|v| v.to_le_bytes()).collect();

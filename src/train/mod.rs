@@ -2,6 +2,7 @@
 //! methods, and measure what the stored table keeps (token-level metrics).
 
 pub mod direction;
+pub mod gptq;
 pub mod head;
 pub mod mixed;
 pub mod quant;

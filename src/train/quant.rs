@@ -44,37 +44,46 @@ pub fn q4_0_lsq(x: &[f32]) -> (Vec<u8>, Vec<f16>) {
     debug_assert_eq!(x.len() % Q4_BLOCK, 0);
     let mut q = Vec::with_capacity(x.len() / 2);
     let mut scales = Vec::with_capacity(x.len() / Q4_BLOCK);
-    let mut codes = [0i32; Q4_BLOCK];
-    let mut best_codes = [0i32; Q4_BLOCK];
     for block in x.chunks_exact(Q4_BLOCK) {
-        let m = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-        let mut best = (0f32, -1f32); // (scale, sumlx^2 / suml2), larger is better
-        if m != 0.0 {
-            for is in -9..=9 {
-                let iscale = -(8.0 + 0.1 * is as f32) / m;
-                let (mut sumlx, mut suml2) = (0f32, 0f32);
-                for (c, &v) in codes.iter_mut().zip(block) {
-                    *c = ((iscale * v).round() as i32).clamp(-8, 7);
-                    sumlx += *c as f32 * v;
-                    suml2 += (*c * *c) as f32;
-                }
-                // the least-squares scale for these codes is sumlx / suml2, and the
-                // error it leaves is |x|^2 - sumlx^2 / suml2
-                if suml2 > 0.0 && sumlx * sumlx / suml2 > best.1 {
-                    best = (sumlx / suml2, sumlx * sumlx / suml2);
-                    best_codes = codes;
-                }
-            }
-        }
-        let scale = f16::from_f32(best.0);
-        // re-round against the stored (f16) scale so decoding matches what was fitted
+        let scale = q4_block_scale(block);
         let s = scale.to_f32();
-        let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
-        let code = |i: usize| if s != 0.0 { ((block[i] * inv).round() as i32).clamp(-8, 7) } else { best_codes[i] };
-        q.extend((0..Q4_BLOCK / 2).map(|p| ((code(2 * p) + 8) as u8) | (((code(2 * p + 1) + 8) as u8) << 4)));
+        let code = |v: f32| q4_code(v, s);
+        q.extend((0..Q4_BLOCK / 2).map(|p| code(block[2 * p]) | (code(block[2 * p + 1]) << 4)));
         scales.push(scale);
     }
     (q, scales)
+}
+
+/// The stored (f16) scale of one Q4_0 block, fitted by least squares as [`q4_0_lsq`]
+/// describes; codes are then re-rounded against it so decoding matches what was fitted.
+pub fn q4_block_scale(block: &[f32]) -> f16 {
+    let m = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let mut best = (0f32, -1f32); // (scale, sumlx^2 / suml2), larger is better
+    if m != 0.0 {
+        for is in -9..=9 {
+            let iscale = -(8.0 + 0.1 * is as f32) / m;
+            let (mut sumlx, mut suml2) = (0f32, 0f32);
+            for &v in block {
+                let c = ((iscale * v).round() as i32).clamp(-8, 7);
+                sumlx += c as f32 * v;
+                suml2 += (c * c) as f32;
+            }
+            // the least-squares scale for these codes is sumlx / suml2, and the
+            // error it leaves is |x|^2 - sumlx^2 / suml2
+            if suml2 > 0.0 && sumlx * sumlx / suml2 > best.1 {
+                best = (sumlx / suml2, sumlx * sumlx / suml2);
+            }
+        }
+    }
+    f16::from_f32(best.0)
+}
+
+/// The stored nibble (code + 8) of `v` under scale `s`; a zero scale decodes to 0 anyway.
+pub fn q4_code(v: f32, s: f32) -> u8 {
+    if s == 0.0 {
+        return 8;
+    }
+    (((v / s).round() as i32).clamp(-8, 7) + 8) as u8
 }
 
 /// Candidate scales tried per block, as fractions of the min/max scale: low-bit codes

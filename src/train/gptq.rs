@@ -1,0 +1,160 @@
+//! GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
+//! Pre-trained Transformers", 2023) for the body's int4 weights, in the same Q4_0 layout
+//! as [`quant::q4_0_lsq`]: the format and the runtime do not change, only which codes are
+//! stored.
+//!
+//! Rounding each weight to its nearest code minimizes the weight error; what matters is
+//! the layer's output error on real inputs, sum over tokens of |(W - Q) x|^2, whose
+//! curvature is H = sum x x^T. GPTQ quantizes one input column at a time and moves each
+//! column's rounding error onto the columns not yet quantized, along H^-1, so the outputs
+//! the calibration text produces stay close. Measured on all-MiniLM-L6-v2 (README,
+//! "Quantized body"): sentence cosine of the int4 body 0.97 -> 0.99.
+
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
+use half::f16;
+
+use super::quant::{q4_block_scale, q4_code};
+use crate::format::Q4_BLOCK;
+
+/// Dampening added to H's diagonal, as a fraction of its mean: keeps H invertible when
+/// inputs are correlated or rare (the paper's 1 %).
+const DAMP: f64 = 0.01;
+
+/// Q4_0 codes and scales of `rows` ([n_out, n_in], one row per output channel) chosen by
+/// GPTQ against the input curvature `hessian` ([n_in, n_in], sum of x x^T over the
+/// calibration tokens). Block scales are fitted as [`q4_0_lsq`](super::quant::q4_0_lsq)
+/// does, on the error-corrected weights of each block when GPTQ reaches it.
+/// `None` when H cannot be factored (a calibration that produced non-finite inputs).
+pub fn q4_0_gptq(rows: &[f32], n_in: usize, hessian: &[f64]) -> Option<(Vec<u8>, Vec<f16>)> {
+    assert!(n_in % Q4_BLOCK == 0 && rows.len() % n_in == 0 && hessian.len() == n_in * n_in);
+    let n_out = rows.len() / n_in;
+    let mut h = Mat::<f64>::from_fn(n_in, n_in, |i, j| hessian[i * n_in + j]);
+    let mut w: Vec<f64> = rows.iter().map(|&v| v as f64).collect();
+    // an input that is always 0 in the calibration text carries no information: its
+    // weights are quantized as they are (H = 1 there keeps the factorization defined)
+    let mean_diag = (0..n_in).map(|i| h[(i, i)]).sum::<f64>() / n_in as f64;
+    for i in 0..n_in {
+        if h[(i, i)] == 0.0 {
+            h[(i, i)] = 1.0;
+        }
+        h[(i, i)] += DAMP * mean_diag.max(f64::MIN_POSITIVE);
+    }
+    // the upper Cholesky factor U of H^-1 (H^-1 = U^T U): row i of U, divided by U[i][i],
+    // is how column i's error spreads over the columns after it
+    let hinv = h.llt(Side::Lower).ok()?.inverse();
+    let l = hinv.llt(Side::Lower).ok()?;
+    let u = l.L().transpose().to_owned();
+
+    let mut codes = vec![0u8; n_out * n_in];
+    let mut scales = vec![f16::ZERO; n_out * (n_in / Q4_BLOCK)];
+    let mut block = [0f32; Q4_BLOCK];
+    for i in 0..n_in {
+        let (b, d) = (i / Q4_BLOCK, u[(i, i)]);
+        for o in 0..n_out {
+            let row = &mut w[o * n_in..(o + 1) * n_in];
+            if i % Q4_BLOCK == 0 {
+                for (x, &v) in block.iter_mut().zip(&row[i..i + Q4_BLOCK]) {
+                    *x = v as f32;
+                }
+                scales[o * (n_in / Q4_BLOCK) + b] = q4_block_scale(&block);
+            }
+            let s = scales[o * (n_in / Q4_BLOCK) + b].to_f32();
+            let c = q4_code(row[i] as f32, s);
+            codes[o * n_in + i] = c;
+            let err = (row[i] - (c as f64 - 8.0) * s as f64) / d;
+            for (j, x) in row.iter_mut().enumerate().skip(i + 1) {
+                *x -= err * u[(i, j)];
+            }
+        }
+    }
+    // element 2p of a block is the low nibble, 2p + 1 the high one (as q4_0_lsq)
+    let q = codes.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect();
+    Some((q, scales))
+}
+
+/// Accumulates H = sum x x^T for one layer input from batches of token vectors.
+pub struct Hessian {
+    n: usize,
+    sum: Mat<f32>,
+}
+
+impl Hessian {
+    pub fn new(n: usize) -> Self {
+        Hessian { n, sum: Mat::zeros(n, n) }
+    }
+
+    /// Add the tokens of `x` ([tokens, n], row-major).
+    pub fn add(&mut self, x: &[f32]) {
+        let t = x.len() / self.n;
+        let xm = faer::MatRef::from_row_major_slice(x, t, self.n);
+        // faer's blocked GEMM: 128 tokens x 1536^2 per document for the FFN inputs
+        faer::linalg::matmul::matmul(self.sum.as_mut(), faer::Accum::Add, xm.transpose(), xm, 1.0f32, faer::Par::rayon(0));
+    }
+
+    /// H row-major in f64, as [`q4_0_gptq`] takes it.
+    pub fn finish(&self) -> Vec<f64> {
+        (0..self.n).flat_map(|i| (0..self.n).map(move |j| self.sum[(i, j)] as f64)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn decode(q: &[u8], s: &[f16], n_in: usize) -> Vec<f32> {
+        (0..q.len() * 2)
+            .map(|k| {
+                let nib = if k % 2 == 0 { q[k / 2] & 15 } else { q[k / 2] >> 4 };
+                (nib as f32 - 8.0) * s[(k / n_in) * (n_in / Q4_BLOCK) + (k % n_in) / Q4_BLOCK].to_f32()
+            })
+            .collect()
+    }
+
+    /// Output error sum over tokens of |(W - Q) x|^2 on the calibration inputs.
+    fn output_error(rows: &[f32], deq: &[f32], x: &[f32], n_in: usize) -> f64 {
+        let n_out = rows.len() / n_in;
+        x.chunks_exact(n_in)
+            .map(|xt| (0..n_out).map(|o| (0..n_in).map(|i| (rows[o * n_in + i] - deq[o * n_in + i]) as f64 * xt[i] as f64).sum::<f64>().powi(2)).sum::<f64>())
+            .sum()
+    }
+
+    /// On inputs with correlated features (the case GPTQ exists for), its codes leave a
+    /// smaller output error than rounding each block to its least-squares codes.
+    #[test]
+    fn gptq_beats_rounding_on_the_output_error() {
+        let (n_in, n_out, tokens) = (64, 24, 400);
+        let rows = noise(n_out * n_in, 1);
+        // inputs from 8 latent factors: strongly correlated columns
+        let z = noise(tokens * 8, 2);
+        let mix = noise(8 * n_in, 3);
+        let x: Vec<f32> = (0..tokens).flat_map(|t| (0..n_in).map(|i| (0..8).map(|k| z[t * 8 + k] * mix[k * n_in + i]).sum::<f32>()).collect::<Vec<_>>()).collect();
+        let mut h = Hessian::new(n_in);
+        h.add(&x);
+        let (q, s) = q4_0_gptq(&rows, n_in, &h.finish()).unwrap();
+        let (rq, rs) = super::super::quant::q4_0_lsq(&rows);
+        let gptq = output_error(&rows, &decode(&q, &s, n_in), &x, n_in);
+        let rtn = output_error(&rows, &decode(&rq, &rs, n_in), &x, n_in);
+        assert!(gptq < 0.7 * rtn, "GPTQ output error {gptq} vs rounding {rtn}");
+    }
+
+    /// With uncorrelated unit inputs (H = c I) there is nothing to move errors along:
+    /// GPTQ stores exactly the codes of plain least-squares rounding.
+    #[test]
+    fn gptq_on_isotropic_inputs_is_plain_rounding() {
+        let (n_in, n_out) = (64, 8);
+        let rows = noise(n_out * n_in, 4);
+        let h: Vec<f64> = (0..n_in * n_in).map(|k| if k / n_in == k % n_in { 100.0 } else { 0.0 }).collect();
+        assert_eq!(q4_0_gptq(&rows, n_in, &h).unwrap(), super::super::quant::q4_0_lsq(&rows));
+    }
+}
