@@ -3,14 +3,16 @@
 the first 100 BBC News documents classified one at a time at 128 tokens.
 
 - embslim classify on the default bundle (a head is trained on it if it has none), with the
-  int4 weights expanded to f32 (the default) and kept packed (`--packed`); peak RSS of the
-  process (wait4's ru_maxrss), against the target peak RSS <= bundle bytes + 15 MB;
+  int4 weights expanded to f32 (the default) and kept packed (`--packed`, also with glibc's
+  mmap threshold fixed); peak RSS of the process (/usr/bin/time), against the target peak
+  RSS <= bundle bytes + 15 MB;
 - the factor file's resident part after those documents (`footprint --docs 100`), against
   the target <= 25 % of the file;
 - onnxruntime on the original model, fp32 and quantize_dynamic int8 per channel (the same
   child as tools/bench_speed.py: our lossless body with the f32 table gathered by numpy), on
   the same documents: its peak RSS, and ours as a ratio of it.
 
+Needs /usr/bin/time (Debian: apt-get install time).
 Usage: python3 tools/bench_memory.py [--bin target/debug/embslim] [--bundle out/minilm-default]
 Peak RSS counts the binary's resident pages: pass a release build (bash cross/build.sh
 x86_64... or cargo build --release) for figures a device would see.
@@ -20,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_speed  # noqa: E402  (its onnxruntime child and bundles)
@@ -30,31 +33,17 @@ TARGET_OVER_BUNDLE = 15e6
 TARGET_RESIDENT = 0.25
 
 
-def run_measured(args, stdin_path=None):
-    """Fork, exec args, and wait4 for it: (peak RSS bytes, stdout)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.dup2(w, 1)
-        if stdin_path:
-            fd = os.open(stdin_path, os.O_RDONLY)
-            os.dup2(fd, 0)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.execvp(args[0], args)
-    os.close(w)
-    chunks = []
-    while True:
-        b = os.read(r, 1 << 16)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
-    _, status, usage = os.wait4(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(args[:3])} failed with status {os.waitstatus_to_exitcode(status)}")
-    return usage.ru_maxrss * 1024, b"".join(chunks)
+def run_measured(args, stdin_path=None, env=None):
+    """Run args (with `env` added to the environment) under /usr/bin/time: (peak RSS bytes,
+    stdout). Not os.wait4 on a fork of this process: Linux keeps the forked Python's
+    high-water mark in the child's ru_maxrss across exec."""
+    with tempfile.NamedTemporaryFile() as t:
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *args], stdin=stdin, capture_output=True,
+                             env={**os.environ, **(env or {})})
+        if out.returncode != 0:
+            sys.exit(f"{' '.join(args[:3])} failed: {out.stderr.decode(errors='replace')[-2000:]}")
+        return int(open(t.name).read().split()[-1]) * 1024, out.stdout
 
 
 def main():
@@ -85,12 +74,16 @@ def main():
         rss, out = run_measured([sys.executable, "-c", bench_speed.ORT_CHILD, model, table, docs, tok, "1", str(DOCS)])
         rows.append((name + " (python, numpy, f32 table)", rss, None))
     ort = {n.split(" ")[0]: r for n, r, _ in rows}
-    for label, extra in (("embslim classify, int4 expanded (default)", []), ("embslim classify --packed", ["--packed"])):
-        rss, out = run_measured([a.bin, "classify", a.bundle, "--max-length", "128", *extra], stdin_path=docs)
+    # glibc raises its mmap threshold as large blocks are freed, after which they come from
+    # the brk heap and fragment it; a fixed threshold returns them at once
+    fixed = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    for label, extra, env in (("embslim classify, int4 expanded (default)", [], None), ("embslim classify --packed", ["--packed"], None),
+                              ("embslim classify --packed, MALLOC_MMAP_THRESHOLD_=131072", ["--packed"], fixed)):
+        rss, out = run_measured([a.bin, "classify", a.bundle, "--max-length", "128", *extra], stdin_path=docs, env=env)
         assert len(out.splitlines()) == DOCS, "one label per document"
         fp = json.loads(subprocess.run([a.bin, "footprint", a.bundle, "--texts", docs, "--docs", str(DOCS), "--runs", "1",
                                         "--lengths", "128", "--max-length", "128", "--json", *extra],
-                                       check=True, capture_output=True, text=True).stdout)
+                                       check=True, capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout)
         rows.append((label, rss, fp))
 
     print(f"bundle {a.bundle}: {bundle_bytes / 1e6:.2f} MB; binary {os.path.getsize(a.bin) / 1e6:.1f} MB ({a.bin})")

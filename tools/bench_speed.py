@@ -73,7 +73,9 @@ model, table_path, texts, tok_path, threads, runs = sys.argv[1:7]
 threads, runs = int(threads), int(runs)
 so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
 sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-table = load_file(table_path)["table"]
+f = load_file(table_path)
+# rows are stored in corpus-frequency order: row_of_token maps a token to its row
+table = f["table"][f["row_of_token"]] if "row_of_token" in f else f["table"]
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file(tok_path); tok.no_padding(); tok.no_truncation()
 docs = [l for l in open(texts, encoding="utf-8", errors="replace").read().split("\n") if l.strip()]

@@ -5,7 +5,7 @@ factor residency and compares the stored layout (codes and scales in separate te
 with an interleaved one (each row's scales next to its codes) and with the bytes of the
 touched rows alone (the floor at byte granularity).
 
-Usage: python3 tools/residency_sim.py BUNDLE [N=100]
+Usage: python3 tools/residency_sim.py BUNDLE [N=100] [MAX_LENGTH=the manifest's]
 """
 import glob
 import json
@@ -30,7 +30,7 @@ lo, hi = h["row_of_token"]["data_offsets"]
 row_of_token = np.frombuffer(b[base + lo:base + hi], dtype=np.uint32)
 manifest = json.load(open(f"{bundle}/manifest.json"))
 tok = Tokenizer.from_file(f"{bundle}/tokenizer.json")
-tok.enable_truncation(manifest["max_length"])
+tok.enable_truncation(int(sys.argv[3]) if len(sys.argv) > 3 else manifest["max_length"])
 ids = set()
 for doc in sorted(glob.glob("models/bbc-news/**/*.txt", recursive=True))[:n_docs]:
     ids.update(tok.encode(open(doc, encoding="utf-8", errors="replace").read()).ids)

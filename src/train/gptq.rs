@@ -8,7 +8,7 @@
 //! curvature is H = sum x x^T. GPTQ quantizes one input column at a time and moves each
 //! column's rounding error onto the columns not yet quantized, along H^-1, so the outputs
 //! the calibration text produces stay close. Measured on all-MiniLM-L6-v2 (README,
-//! "Quantized body"): sentence cosine of the int4 body 0.97 -> 0.99.
+//! "Quantized body"): held-out sentence cosine of the int4 body 0.969 -> 0.990.
 
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
@@ -23,48 +23,48 @@ const DAMP: f64 = 0.01;
 
 /// Q4_0 codes and scales of `rows` ([n_out, n_in], one row per output channel) chosen by
 /// GPTQ against the input curvature `hessian` ([n_in, n_in], sum of x x^T over the
-/// calibration tokens). Block scales are fitted as [`q4_0_lsq`](super::quant::q4_0_lsq)
-/// does, on the error-corrected weights of each block when GPTQ reaches it.
+/// calibration tokens), with the paper's act-order: columns are quantized in decreasing
+/// order of their input energy (H's diagonal), so the columns that matter most are fixed
+/// while the most unquantized columns remain to absorb their error. The block scales are
+/// fixed beforehand ("static groups", fitted as [`q4_0_lsq`](super::quant::q4_0_lsq) does on
+/// the original weights), since blocks are no longer reached in order. Measured on
+/// all-MiniLM-L6-v2 (numpy prototype, 120 BBC documents): sentence cosine 0.9899 against
+/// 0.9883 for GPTQ in column order and 0.9700 for rounding.
 /// `None` when H cannot be factored (a calibration that produced non-finite inputs).
 pub fn q4_0_gptq(rows: &[f32], n_in: usize, hessian: &[f64]) -> Option<(Vec<u8>, Vec<f16>)> {
     assert!(n_in % Q4_BLOCK == 0 && rows.len() % n_in == 0 && hessian.len() == n_in * n_in);
-    let n_out = rows.len() / n_in;
-    let mut h = Mat::<f64>::from_fn(n_in, n_in, |i, j| hessian[i * n_in + j]);
-    let mut w: Vec<f64> = rows.iter().map(|&v| v as f64).collect();
-    // an input that is always 0 in the calibration text carries no information: its
-    // weights are quantized as they are (H = 1 there keeps the factorization defined)
-    let mean_diag = (0..n_in).map(|i| h[(i, i)]).sum::<f64>() / n_in as f64;
-    for i in 0..n_in {
-        if h[(i, i)] == 0.0 {
-            h[(i, i)] = 1.0;
-        }
-        h[(i, i)] += DAMP * mean_diag.max(f64::MIN_POSITIVE);
-    }
+    let (n_out, nb) = (rows.len() / n_in, n_in / Q4_BLOCK);
+    let scales: Vec<f16> = rows.chunks_exact(Q4_BLOCK).map(q4_block_scale).collect();
+    // an input that is always 0 in the calibration text carries no information (H = 1
+    // there keeps the factorization defined); dampening keeps H invertible when inputs
+    // are correlated or rare
+    let diag: Vec<f64> = (0..n_in).map(|i| if hessian[i * n_in + i] == 0.0 { 1.0 } else { hessian[i * n_in + i] }).collect();
+    let damp = DAMP * diag.iter().sum::<f64>() / n_in as f64;
+    let mut perm: Vec<usize> = (0..n_in).collect();
+    perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
+    let h = Mat::<f64>::from_fn(n_in, n_in, |a, b| if a == b { diag[perm[a]] + damp } else { hessian[perm[a] * n_in + perm[b]] });
     // the upper Cholesky factor U of H^-1 (H^-1 = U^T U): row i of U, divided by U[i][i],
     // is how column i's error spreads over the columns after it
     let hinv = h.llt(Side::Lower).ok()?.inverse();
     let l = hinv.llt(Side::Lower).ok()?;
-    let u = l.L().transpose().to_owned();
+    // row-major: the update below walks row k of U
+    let u: Vec<f64> = (0..n_in).flat_map(|k| (0..n_in).map(move |j| (k, j))).map(|(k, j)| l.L()[(j, k)]).collect();
 
     let mut codes = vec![0u8; n_out * n_in];
-    let mut scales = vec![f16::ZERO; n_out * (n_in / Q4_BLOCK)];
-    let mut block = [0f32; Q4_BLOCK];
-    for i in 0..n_in {
-        let (b, d) = (i / Q4_BLOCK, u[(i, i)]);
-        for o in 0..n_out {
-            let row = &mut w[o * n_in..(o + 1) * n_in];
-            if i % Q4_BLOCK == 0 {
-                for (x, &v) in block.iter_mut().zip(&row[i..i + Q4_BLOCK]) {
-                    *x = v as f32;
-                }
-                scales[o * (n_in / Q4_BLOCK) + b] = q4_block_scale(&block);
-            }
-            let s = scales[o * (n_in / Q4_BLOCK) + b].to_f32();
-            let c = q4_code(row[i] as f32, s);
+    let mut row = vec![0f64; n_in];
+    for o in 0..n_out {
+        // this output channel's weights in quantization order
+        for (x, &i) in row.iter_mut().zip(&perm) {
+            *x = rows[o * n_in + i] as f64;
+        }
+        for (k, &i) in perm.iter().enumerate() {
+            let s = scales[o * nb + i / Q4_BLOCK].to_f32();
+            let c = q4_code(row[k] as f32, s);
             codes[o * n_in + i] = c;
-            let err = (row[i] - (c as f64 - 8.0) * s as f64) / d;
-            for (j, x) in row.iter_mut().enumerate().skip(i + 1) {
-                *x -= err * u[(i, j)];
+            let uk = &u[k * n_in..(k + 1) * n_in];
+            let err = (row[k] - (c as f64 - 8.0) * s as f64) / uk[k];
+            for (x, &ukj) in row[k + 1..].iter_mut().zip(&uk[k + 1..]) {
+                *x -= err * ukj;
             }
         }
     }
