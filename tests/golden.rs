@@ -24,14 +24,20 @@ const LOSSLESS_MAX_ABS: f32 = 1e-5;
 const REFERENCE_MIN_COS: f32 = 0.99999;
 
 fn bundle_of(model: &Path, name: &str) -> PathBuf {
+    lossless_table_bundle(model, name, WeightScheme::F32, None)
+}
+
+/// `model` compressed into target/test-bundles/NAME with the table kept lossless, the body
+/// stored as `weights`, and `calibration` = (corpus, documents) for an int4 body's GPTQ.
+fn lossless_table_bundle(model: &Path, name: &str, weights: WeightScheme, calibration: Option<(&Path, usize)>) -> PathBuf {
     let out = common::root().join("target/test-bundles").join(name);
     let opts = BundleOptions {
         table: CompressOptions { method: Method::None, ..CompressOptions::default() },
-        weights: Some(WeightScheme::F32),
+        weights: Some(weights),
         max_length: Some(128),
-        corpus: None,
+        corpus: calibration.map(|(c, _)| c.to_path_buf()),
         tokenizer: None,
-        calibration_docs: 0,
+        calibration_docs: calibration.map_or(0, |(_, n)| n),
     };
     compress_bundle(model, &out, &opts, |_| {}, |_| {}).unwrap();
     out
@@ -321,16 +327,7 @@ fn expanded_weights_compute_exactly_what_the_stored_graph_does() {
 /// real text.
 #[test]
 fn packed_int4_weights_embed_like_expanded_ones() {
-    let dir = common::root().join("target/test-bundles/minilm-none-int4");
-    let opts = BundleOptions {
-        table: CompressOptions { method: Method::None, ..CompressOptions::default() },
-        weights: Some(WeightScheme::Int4),
-        max_length: Some(128),
-        corpus: None,
-        tokenizer: None,
-        calibration_docs: 0,
-    };
-    compress_bundle(&common::minilm(), &dir, &opts, |_| {}, |_| {}).unwrap();
+    let dir = lossless_table_bundle(&common::minilm(), "minilm-none-int4", WeightScheme::Int4, None);
     let open = |int4| Bundle::open(&dir, &OpenOptions { int4, ..OpenOptions::default() }).unwrap();
     let (expanded, packed) = (open(embslim::Int4::Expanded), open(embslim::Int4::Packed));
     let texts: Vec<&str> = sample().iter().map(|(t, _)| t.as_str()).collect();
@@ -354,16 +351,7 @@ fn gptq_int4_body_beats_rounding_on_held_out_sentences() {
     let (freq_dir, held_out) = split_bbc(tmp.path());
     let reference = Bundle::open(&bundle_of(&common::minilm(), "minilm-none-gptq-ref"), &OpenOptions::default()).unwrap();
     let int4 = |name: &str, calibration_docs: usize| {
-        let out = common::root().join("target/test-bundles").join(name);
-        let opts = BundleOptions {
-            table: CompressOptions { method: Method::None, ..CompressOptions::default() },
-            weights: Some(WeightScheme::Int4),
-            max_length: Some(128),
-            corpus: Some(freq_dir.clone()),
-            tokenizer: None,
-            calibration_docs,
-        };
-        compress_bundle(&common::minilm(), &out, &opts, |_| {}, |_| {}).unwrap();
+        let out = lossless_table_bundle(&common::minilm(), name, WeightScheme::Int4, Some((&freq_dir, calibration_docs)));
         Bundle::open(&out, &OpenOptions::default()).unwrap()
     };
     let texts: Vec<&str> = held_out.iter().map(String::as_str).collect();

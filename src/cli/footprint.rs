@@ -77,6 +77,20 @@ struct Profile {
     ms_by_op: Vec<(String, f64)>,
 }
 
+/// Peak heap and VmHWM when each stage of the run ended.
+#[derive(Default)]
+struct Stages {
+    heap: Vec<(&'static str, usize)>,
+    rss: Vec<(&'static str, Option<u64>)>,
+}
+
+impl Stages {
+    fn end(&mut self, stage: &'static str) {
+        self.heap.push((stage, footprint::heap().1));
+        self.rss.push((stage, footprint::proc_rss().0));
+    }
+}
+
 /// Inputs cut to each sequence length for the latency figures.
 const LATENCY_INPUTS: usize = 200;
 
@@ -125,8 +139,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bundle = args.run.open(&args.bundle)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let heap_after_load_bytes = footprint::heap().0;
-    let mut stages = vec![("load", footprint::heap().1)];
-    let mut rss_stages = vec![("load", footprint::proc_rss().0)];
+    let mut stages = Stages::default();
+    stages.end("load");
     let classified = bundle.head().is_some();
     if classified {
         bundle.classify_batch(&[&texts[0]])?;
@@ -134,8 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bundle.embed_batch(&[&texts[0]])?;
     }
     let first_result_ms = t0.elapsed().as_secs_f64() * 1e3;
-    stages.push(("first_result", footprint::heap().1));
-    rss_stages.push(("first_result", footprint::proc_rss().0));
+    stages.end("first_result");
 
     // memory: classify (or embed) the first `docs` documents one at a time
     let n = args.docs.min(texts.len()).max(1);
@@ -147,8 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let factor_resident_bytes = bundle.factor_map().resident_bytes();
-    stages.push(("documents", footprint::heap().1));
-    rss_stages.push(("documents", footprint::proc_rss().0));
+    stages.end("documents");
 
     // latency at fixed sequence lengths, batch 1
     let enc: Vec<Encoded> = texts.iter().take(LATENCY_INPUTS).map(|t| bundle.tokenizer().encode(t)).collect::<Result<_, _>>()?;
@@ -183,8 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ops.sort_by(|a, b| b.1.total_cmp(&a.1));
         profile = Some(Profile { seq: len, runs: inputs.len(), ms_by_op: ops });
     }
-    stages.push(("latency", footprint::heap().1));
-    rss_stages.push(("latency", footprint::proc_rss().0));
+    stages.end("latency");
 
     // the embed stage alone: decode the rows of every token of those inputs, a few times
     let factors = bundle.factors()?;
@@ -202,8 +213,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     bundle.embed_many(&sample, 8, |_| {})?;
     let throughput_docs_per_s = sample.len() as f64 / t.elapsed().as_secs_f64();
-    stages.push(("throughput", footprint::heap().1));
-    rss_stages.push(("throughput", footprint::proc_rss().0));
+    stages.end("throughput");
 
     let (peak_rss_bytes, rss_bytes) = footprint::proc_rss();
     let files: BTreeMap<String, u64> = bundle.manifest.files.iter().map(|(k, v)| (k.clone(), v.bytes)).collect();
@@ -215,10 +225,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         load_ms,
         first_result_ms,
         peak_heap_bytes: footprint::heap().1,
-        peak_heap_by_stage: stages,
+        peak_heap_by_stage: stages.heap,
         heap_after_load_bytes,
         peak_rss_bytes,
-        peak_rss_by_stage: rss_stages,
+        peak_rss_by_stage: stages.rss,
         rss_bytes,
         factor_file_bytes: bundle.factor_map().bytes().len(),
         factor_resident_bytes,

@@ -111,15 +111,16 @@ pub fn compress_bundle(
         train::source::SourceKind::HuggingFace => DEFAULT_WEIGHTS,
         train::source::SourceKind::Onnx => WeightScheme::F32,
     });
+    // read once: GPTQ calibrates on it, the table's token counts come from it
+    let corpus = load_corpus(opts, &mut warn)?;
     // the body first: a model whose graph cannot be exported fails before training
     let (body, token_type_ids, default_len) = match src.kind {
         train::source::SourceKind::HuggingFace => {
-            let hessians = match (&opts.corpus, weights == WeightScheme::Int4 && opts.calibration_docs > 0) {
-                (Some(c), true) => {
-                    let corpus = corpus::load(c)?;
+            let hessians = match (&corpus, weights == WeightScheme::Int4 && opts.calibration_docs > 0) {
+                (Some(corpus), true) => {
                     let f32_body = bert::build_body(&dir, WeightScheme::F32, &Default::default())?;
                     let calib_tok = Tokenizer::from_bytes(&tok_bytes, &tok_path, Some(calibrate::CALIBRATION_TOKENS))?;
-                    calibrate::hessians(f32_body, &src, &calib_tok, &corpus, opts.calibration_docs, &mut progress)?
+                    calibrate::hessians(f32_body, &src, &calib_tok, corpus, opts.calibration_docs, &mut progress)?
                 }
                 (None, true) => {
                     warn("no corpus: the int4 body is rounded without GPTQ calibration (pass --corpus)".into());
@@ -157,7 +158,7 @@ pub fn compress_bundle(
         None => sentence_max_len(&dir).unwrap_or(128).min(default_len),
     };
 
-    let t = compress_factors(&src, opts, Some(&tok), &mut progress, &mut warn)?;
+    let t = compress_factors(&src, opts, corpus.as_ref().map(|c| (c, &tok)), &mut progress)?;
     let (header, factors) = (&t.header, &t.bytes);
 
     let files: Vec<(&str, &[u8])> = vec![(BODY_FILE, &body), (FACTORS_FILE, &factors), (TOKENIZER_FILE, &tok_bytes)];
@@ -219,25 +220,25 @@ impl TableOut {
     }
 }
 
-/// Compress the table of `src` and measure it (token metrics, weighted by the corpus
-/// when one is given).
+/// The corpus of `opts`, read (with its warning about undecodable files), if any.
+fn load_corpus(opts: &BundleOptions, warn: &mut impl FnMut(String)) -> Result<Option<corpus::Corpus>> {
+    let Some(dir) = &opts.corpus else { return Ok(None) };
+    let corpus = corpus::load(dir)?;
+    if let Some(w) = corpus.lossy_warning() {
+        warn(w);
+    }
+    Ok(Some(corpus))
+}
+
+/// Compress the table of `src` and measure it (token metrics, weighted by the counts of
+/// `corpus` under its tokenizer when one is given).
 fn compress_factors(
     src: &SourceTable,
     opts: &BundleOptions,
-    tok: Option<&Tokenizer>,
+    corpus: Option<(&corpus::Corpus, &Tokenizer)>,
     progress: &mut impl FnMut(Progress<'_>),
-    warn: &mut impl FnMut(String),
 ) -> Result<TableOut> {
-    let freq = match (&opts.corpus, tok) {
-        (Some(c), Some(tok)) => {
-            let corpus = corpus::load(c)?;
-            if let Some(w) = corpus.lossy_warning() {
-                warn(w);
-            }
-            Some(train::token_frequencies(tok, &corpus, src.vocab)?)
-        }
-        _ => None,
-    };
+    let freq = corpus.map(|(c, tok)| train::token_frequencies(tok, c, src.vocab)).transpose()?;
     let c = train::compress(src, &opts.table, freq.as_deref(), progress)?;
     let row_of_token = c.order.as_deref().map(train::row_of_token);
     let view = Factors { header: c.header.clone(), table: c.table.view(), row_of_token: row_of_token.as_deref() };
@@ -280,7 +281,11 @@ pub fn compress_table_only(
     let tok_path = opts.tokenizer.clone().unwrap_or_else(|| model_dir(model).join(TOKENIZER_FILE));
     // without a tokenizer the corpus-weighted cosine is unknown (reported as null)
     let tok = if opts.corpus.is_some() && tok_path.is_file() { Some(Tokenizer::from_file(&tok_path, None)?) } else { None };
-    let t = compress_factors(&src, opts, tok.as_ref(), &mut progress, &mut warn)?;
+    let corpus = match &tok {
+        Some(_) => load_corpus(opts, &mut warn)?,
+        None => None,
+    };
+    let t = compress_factors(&src, opts, corpus.as_ref().zip(tok.as_ref()), &mut progress)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     crate::fsutil::write_atomic(&out.join(FACTORS_FILE), &t.bytes)?;
     Ok(t.report(model, out, None))
