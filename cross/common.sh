@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOST_CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-}"
 export CARGO_TARGET_DIR="${CROSS_TARGET_DIR:-$ROOT/target/cross}"
 
-SUPPORTED="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl aarch64-linux-android armv7-linux-androideabi"
+SUPPORTED="x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl aarch64-linux-android armv7-linux-androideabi"
 
 die() { echo "cross: $*" >&2; exit 2; }
 
@@ -20,8 +20,11 @@ check_target() {
 }
 
 # The qemu-user command that runs a binary built for $1 (empty for Android: no emulation here).
+# x86_64 is the host itself: the device build (same flags as the ARM ones) that the memory
+# benchmarks measure on this machine, started through `env` (no emulation).
 runner_for() {
     case "$1" in
+        x86_64-unknown-linux-gnu) echo "env" ;;
         aarch64-unknown-linux-gnu) echo "qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu cortex-a72" ;;
         armv7-unknown-linux-gnueabihf) echo "qemu-arm-static -L /usr/arm-linux-gnueabihf -cpu cortex-a7 -E TRACT_CPU_ARM32_NEON=true" ;;
         aarch64-unknown-linux-musl) echo "qemu-aarch64-static -cpu cortex-a72" ;;
@@ -32,6 +35,7 @@ runner_for() {
 # The Debian cross toolchain prefix used for $1 (its gcc links, its objcopy edits objects).
 gnu_prefix_for() {
     case "$1" in
+        x86_64-unknown-linux-gnu) echo x86_64-linux-gnu ;;
         aarch64-unknown-linux-gnu | aarch64-unknown-linux-musl) echo aarch64-linux-gnu ;;
         armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
         *) echo "" ;;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Factors};
 use crate::fsutil::{drop_page_cache, sha256_file};
 use crate::head::Head;
-use crate::manifest::{Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE};
+use crate::manifest::{Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, OLDEST_READABLE_VERSION};
 use crate::mmap::Mapped;
 use crate::pool;
 use crate::tokenize::Tokenizer;
@@ -266,8 +266,11 @@ pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest> {
     if m.format != BUNDLE_FORMAT {
         return Err(Error::bundle(path, format!("format is '{}', expected '{BUNDLE_FORMAT}'", m.format)));
     }
-    if m.version != BUNDLE_VERSION {
-        return Err(Error::bundle(path, format!("bundle version {} is not supported (this build reads version {BUNDLE_VERSION})", m.version)));
+    if !(OLDEST_READABLE_VERSION..=BUNDLE_VERSION).contains(&m.version) {
+        return Err(Error::bundle(
+            path,
+            format!("bundle version {} is not supported (this build reads versions {OLDEST_READABLE_VERSION} to {BUNDLE_VERSION})", m.version),
+        ));
     }
     if m.vocab == 0 || m.dim == 0 || m.max_length == 0 {
         return Err(Error::bundle(path, "vocab, dim and max_length must be positive"));

@@ -179,23 +179,24 @@ pub enum Int4 {
     /// (x86 AVX2), at f32 weight memory (all-MiniLM-L6-v2: 55 MB heap after load).
     #[default]
     Expanded,
-    /// Kept as Q4_0 blocks: each MatMul becomes ONNX Runtime's `MatMulNBits` (4 bits, blocks
-    /// of 32, zero point 8, which is exactly our stored layout), which tract 0.23 holds as a
-    /// block-quant constant and dequantizes inside its matmul kernels (18 MB heap after
-    /// load; about twice the latency on x86 AVX2, where only a one-column Q4_0 kernel exists).
+    /// Kept 4-bit: each MatMul becomes ONNX Runtime's `MatMulNBits` (4 bits, blocks of 32,
+    /// a zero point per block: exactly our stored layout), which tract 0.23 holds as a Q4_0
+    /// block-quant constant, dequantized inside its matmul kernels, plus a small correction
+    /// for zero points other than 8 (18 MB heap after load; about twice the latency on x86
+    /// AVX2, where only a one-column Q4_0 kernel exists).
     Packed,
 }
 
-/// Expand the weights our exporter stores small (f16, int8 per output channel, Q4_0
+/// Expand the weights our exporter stores small (f16, int8 per output channel, 4-bit
 /// blocks; see `export::weights`) into f32 initializers before tract reads the graph,
-/// or, for Q4_0 weights with [`Int4::Packed`], hand them to tract as `MatMulNBits`.
+/// or, for 4-bit weights with [`Int4::Packed`], hand them to tract as `MatMulNBits`.
 /// Returns the schemes the dense layers' weights were found stored in.
 ///
 /// tract would fold the expansion subgraphs itself, but it materializes every
 /// intermediate of every layer (nibbles, concatenation, casts, products) before pruning
 /// them: the int4 all-MiniLM-L6-v2 body peaked at 286 MB of heap at load, against 141 MB
 /// for the f32 body. Done here, one layer at a time, the peak is the f32 body's, and the
-/// arithmetic is the same as the graph's ((q - 8) * scale in f32), so results are
+/// arithmetic is the same as the graph's ((q - zero) * scale in f32), so results are
 /// identical. Graphs of other origin are left as they are.
 pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<WeightScheme>, String> {
     let Some(graph) = model.graph.as_mut() else { return Ok(Vec::new()) };
@@ -212,8 +213,8 @@ pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<W
     }
     let mut new: Vec<TensorProto> = Vec::new();
     let mut found = Vec::new();
-    // (MatMul node, stored weight prefix, K, N) to run as MatMulNBits
-    let mut packed: Vec<(usize, String, usize, usize)> = Vec::new();
+    // (MatMul node, stored weight prefix, K, N, has zero points) to run as MatMulNBits
+    let mut packed: Vec<(usize, String, usize, usize, bool)> = Vec::new();
     for (ix, node) in graph.node.iter().enumerate() {
         let init = |name: &str| init_index.get(name).map(|&i| &graph.initializer[i]);
         match node.op_type.as_str() {
@@ -256,12 +257,14 @@ pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<W
                 found.push(if q4 { WeightScheme::Int4 } else { WeightScheme::Int8 });
                 let expanded = if q4 {
                     let (q, s) = (init(&format!("{prefix}.weight_q4")), init(&format!("{prefix}.weight_q4scale")));
+                    // no zero points: symmetric blocks (zero 8), as MatMulNBits reads them
+                    let z = init(&format!("{prefix}.weight_q4zero"));
                     if let (Int4::Packed, Some(q), Some(s)) = (int4, q, s) {
-                        let (n_out, nb) = q4_dims(q, s)?;
-                        packed.push((ix, prefix.to_string(), nb * Q4_BLOCK, n_out));
+                        let (n_out, nb) = q4_dims(q, s, z)?;
+                        packed.push((ix, prefix.to_string(), nb * Q4_BLOCK, n_out, z.is_some()));
                         continue;
                     }
-                    q.zip(s).map(|(q, s)| expand_q4(q, s)).transpose()?
+                    q.zip(s).map(|(q, s)| expand_q4(q, s, z)).transpose()?
                 } else {
                     let (q, s) = (init(&format!("{prefix}.weight_q8")), init(&format!("{prefix}.weight_scale")));
                     q.zip(s).map(|(q, s)| expand_q8(q, s)).transpose()?
@@ -273,10 +276,13 @@ pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<W
             _ => {}
         }
     }
-    for (ix, prefix, k, n) in &packed {
+    for (ix, prefix, k, n, zero) in &packed {
         let int = |name: &str, v: usize| AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v as i64, ..Default::default() };
         let node = &mut graph.node[*ix];
         node.input = vec![node.input[0].clone(), format!("{prefix}.weight_q4"), format!("{prefix}.weight_q4scale")];
+        if *zero {
+            node.input.push(format!("{prefix}.weight_q4zero"));
+        }
         node.op_type = "MatMulNBits".into();
         node.domain = "com.microsoft".into();
         node.attribute = vec![int("K", *k), int("N", *n), int("bits", 4), int("block_size", Q4_BLOCK)];
@@ -317,9 +323,10 @@ fn dims3(t: &TensorProto) -> Option<(usize, usize, usize)> {
     }
 }
 
-/// (n_out, blocks per row) of Q4_0 rows [n_out, nb, 16] bytes with f16 scales [n_out, nb, 1].
-fn q4_dims(q: &TensorProto, s: &TensorProto) -> Result<(usize, usize), String> {
-    let bad = || format!("stored weight {}: inconsistent Q4_0 blocks", q.name);
+/// (n_out, blocks per row) of 4-bit rows [n_out, nb, 16] bytes with f16 scales [n_out, nb,
+/// 1] and, if stored, zero points [n_out, ceil(nb / 2)] bytes.
+fn q4_dims(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Result<(usize, usize), String> {
+    let bad = || format!("stored weight {}: inconsistent 4-bit blocks", q.name);
     let (n_out, nb, half_block) = dims3(q).ok_or_else(bad)?;
     let blocks = n_out.checked_mul(nb).ok_or_else(bad)?;
     if half_block != Q4_BLOCK / 2
@@ -327,15 +334,16 @@ fn q4_dims(q: &TensorProto, s: &TensorProto) -> Result<(usize, usize), String> {
         || dims3(s) != Some((n_out, nb, 1))
         || s.raw_data.len() != blocks * 2
         || s.data_type != DataType::Float16 as i32
+        || z.is_some_and(|z| z.dims[..] != [n_out as i64, nb.div_ceil(2) as i64] || z.raw_data.len() != n_out * nb.div_ceil(2) || z.data_type != DataType::Uint8 as i32)
     {
         return Err(bad());
     }
     Ok((n_out, nb))
 }
 
-/// Q4_0 rows [n_out, nb, 16] bytes with f16 scales [n_out, nb, 1] -> W [n_in, n_out].
-fn expand_q4(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), String> {
-    let (n_out, nb) = q4_dims(q, s)?;
+/// 4-bit rows (see [`q4_dims`]) -> W [n_in, n_out].
+fn expand_q4(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Result<(Vec<i64>, Vec<f32>), String> {
+    let (n_out, nb) = q4_dims(q, s, z)?;
     let (n_in, half_block) = (nb * Q4_BLOCK, Q4_BLOCK / 2);
     let mut w = vec![0f32; n_in * n_out];
     let mut row = vec![0f32; n_in];
@@ -344,7 +352,8 @@ fn expand_q4(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), S
         for b in 0..nb {
             let k = o * nb + b;
             let scale = half::f16::from_le_bytes([s.raw_data[2 * k], s.raw_data[2 * k + 1]]).to_f32();
-            crate::format::decode_q4_block(&q.raw_data[k * half_block..(k + 1) * half_block], scale, &mut row[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
+            let zero = z.map_or(8, |z| (z.raw_data[o * nb.div_ceil(2) + b / 2] >> (4 * (b % 2))) & 15);
+            crate::format::decode_q4_block(&q.raw_data[k * half_block..(k + 1) * half_block], scale, zero, &mut row[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
         }
         for (i, v) in row.iter().enumerate() {
             w[i * n_out + o] = *v;
@@ -371,6 +380,35 @@ fn expand_q8(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tensor(name: &str, dt: DataType, dims: &[i64], raw_data: Vec<u8>) -> TensorProto {
+        TensorProto { name: name.into(), dims: dims.to_vec(), data_type: dt as i32, raw_data, ..Default::default() }
+    }
+
+    /// Zero points are optional, as in MatMulNBits: without them a block's zero is 8. Three
+    /// blocks a row: the last zero-point byte holds one zero and a pad nibble. A zero-point
+    /// tensor of another size is refused.
+    #[test]
+    fn four_bit_blocks_decode_with_their_zero_points_or_8() {
+        let (n_out, nb) = (2usize, 3usize);
+        let codes: Vec<u8> = (0..n_out * nb * 16).map(|i| (i * 37 % 256) as u8).collect();
+        let q = tensor("l.weight_q4", DataType::Uint8, &[2, 3, 16], codes);
+        let scales = [0.5f32, 1.0, 2.0, -1.0, 0.25, 4.0].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let s = tensor("l.weight_q4scale", DataType::Float16, &[2, 3, 1], scales);
+        let eights = tensor("l.weight_q4zero", DataType::Uint8, &[2, 2], vec![0x88, 0x08, 0x88, 0x08]);
+        assert_eq!(expand_q4(&q, &s, None).unwrap(), expand_q4(&q, &s, Some(&eights)).unwrap());
+        // zero 3 for row 1's middle block: its values move up by (8 - 3) * 0.25
+        let zeros = tensor("l.weight_q4zero", DataType::Uint8, &[2, 2], vec![0x88, 0x08, 0x38, 0x08]);
+        let (a, b) = (expand_q4(&q, &s, None).unwrap().1, expand_q4(&q, &s, Some(&zeros)).unwrap().1);
+        for i in 0..nb * Q4_BLOCK {
+            for o in 0..n_out {
+                let shift = if o == 1 && i / Q4_BLOCK == 1 { 5.0 * 0.25 } else { 0.0 };
+                assert_eq!(b[i * n_out + o], a[i * n_out + o] + shift, "input {i}, output {o}");
+            }
+        }
+        let short = tensor("l.weight_q4zero", DataType::Uint8, &[2, 1], vec![0x88, 0x88]);
+        assert_eq!(expand_q4(&q, &s, Some(&short)).unwrap_err(), "stored weight l.weight_q4: inconsistent 4-bit blocks");
+    }
 
     #[test]
     fn packed_weights_on_a_body_of_another_scheme_are_refused() {

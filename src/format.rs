@@ -202,12 +202,14 @@ pub struct Tier<'a> {
     pub scale: &'a [f16],
 }
 
-/// Decode one ggml Q4_0 block: two values a byte, low nibble first, x = (q - 8) * scale.
-/// The body's int4 weights (`encode::expand_stored_weights`) use the same layout.
-pub fn decode_q4_block(src: &[u8], scale: f32, dst: &mut [f32]) {
+/// Decode one block of 4-bit codes: two values a byte, low nibble first, x = (q - zero) *
+/// scale. The table's ggml Q4_0 blocks have zero 8; the body's int4 weights
+/// (`encode::expand_stored_weights`) store a zero point per block.
+pub fn decode_q4_block(src: &[u8], scale: f32, zero: u8, dst: &mut [f32]) {
+    let z = zero as i32;
     for (pair, &byte) in dst.chunks_exact_mut(2).zip(src) {
-        pair[0] = ((byte & 0x0f) as i32 - 8) as f32 * scale;
-        pair[1] = ((byte >> 4) as i32 - 8) as f32 * scale;
+        pair[0] = ((byte & 0x0f) as i32 - z) as f32 * scale;
+        pair[1] = ((byte >> 4) as i32 - z) as f32 * scale;
     }
 }
 
@@ -318,7 +320,7 @@ impl<'a> Factors<'a> {
                 let bytes = &q[row(d / 2)];
                 for b in 0..nb {
                     let s = finite(scale[token * nb + b].to_f32(), "block_scale", token * nb + b)?;
-                    decode_q4_block(&bytes[b * Q4_BLOCK / 2..(b + 1) * Q4_BLOCK / 2], s, &mut out[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
+                    decode_q4_block(&bytes[b * Q4_BLOCK / 2..(b + 1) * Q4_BLOCK / 2], s, 8, &mut out[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
                 }
             }
             Table::Tiered { tiers, n } => {

@@ -8,7 +8,13 @@ use crate::format::Method;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const BUNDLE_FORMAT: &str = "embslim-bundle";
-pub const BUNDLE_VERSION: u32 = 1;
+/// The version this build writes. 2: int4 bodies store a zero point per block, which a
+/// version-1 runtime would drop without a word (its expansion reads (q - 8) * scale), so
+/// the version refuses them there instead.
+pub const BUNDLE_VERSION: u32 = 2;
+/// The oldest version this build reads: version-1 bundles differ only by having no zero
+/// points, which read as 8.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// Storage of the body's MatMul weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -113,7 +113,7 @@ fn malformed_bundles_are_refused_naming_the_file_and_the_rule() {
         ("missing key", Box::new(|d| edit_manifest(d, |m| { m.as_object_mut().unwrap().remove("dim"); })), "manifest.json", "missing field `dim`"),
         ("wrong format name", Box::new(|d| edit_manifest(d, |m| m["format"] = json!("gguf"))), "manifest.json", "format is 'gguf', expected 'embslim-bundle'"),
         ("past version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(0))), "manifest.json", "bundle version 0 is not supported"),
-        ("future version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(2))), "manifest.json", "bundle version 2 is not supported"),
+        ("future version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(3))), "manifest.json", "bundle version 3 is not supported"),
         ("negative version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(-1))), "manifest.json", "not a valid manifest"),
         ("zero dim", Box::new(|d| edit_manifest(d, |m| m["dim"] = json!(0))), "manifest.json", "must be positive"),
         ("zero vocab", Box::new(|d| edit_manifest(d, |m| m["vocab"] = json!(0))), "manifest.json", "must be positive"),

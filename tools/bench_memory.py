@@ -14,8 +14,9 @@ the first 100 BBC News documents classified one at a time at 128 tokens.
 
 Needs /usr/bin/time (Debian: apt-get install time).
 Usage: python3 tools/bench_memory.py [--bin target/debug/embslim] [--bundle out/minilm-default]
-Peak RSS counts the binary's resident pages: pass a release build (bash cross/build.sh
-x86_64... or cargo build --release) for figures a device would see.
+Peak RSS counts the binary's resident pages: pass the device build for this machine (bash
+cross/build.sh x86_64-unknown-linux-gnu: release, non-PIE, no unwind tables, as the ARM
+builds) for figures a device would see.
 """
 import argparse
 import json

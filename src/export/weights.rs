@@ -64,35 +64,50 @@ impl WeightScheme {
                 g.node("Mul", &[&wf, &s], vec![])
             }
             WeightScheme::Int4 => {
-                // ggml Q4_0 over each output channel's inputs: blocks of 32 with an f16 scale
+                // blocks of 32 inputs per output channel, 4-bit codes, an f16 scale and a
+                // 4-bit zero point each (ONNX Runtime's MatMulNBits layout, quant::Q4Rows)
                 if n_in % Q4_BLOCK != 0 {
                     return Err(Error::Usage(format!(
                         "--weights int4 needs every layer's input width to be a multiple of {Q4_BLOCK}; {name} has {n_in}"
                     )));
                 }
-                let (q, scale) = match hessian {
-                    Some(h) => gptq::q4_0_gptq(&lin.rows(), n_in, h).ok_or_else(|| {
+                let q = match hessian {
+                    Some(h) => gptq::q4_gptq(&lin.rows(), n_in, h).ok_or_else(|| {
                         Error::Usage(format!("GPTQ for {name}: the calibration inputs' curvature cannot be factored (non-finite activations?)"))
                     })?,
-                    None => quant::q4_0_lsq(&lin.rows()),
+                    None => quant::q4_rows(&lin.rows(), n_in),
                 };
-                let nb = n_in / Q4_BLOCK;
-                g.inits.push(raw(&format!("{name}.weight_q4"), DataType::Uint8, &[n_out, nb, Q4_BLOCK / 2], q));
-                let sbytes = scale.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let (nb, zb) = (n_in / Q4_BLOCK, (n_in / Q4_BLOCK).div_ceil(2));
+                g.inits.push(raw(&format!("{name}.weight_q4"), DataType::Uint8, &[n_out, nb, Q4_BLOCK / 2], q.codes));
+                let sbytes = q.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
                 g.inits.push(raw(&format!("{name}.weight_q4scale"), DataType::Float16, &[n_out, nb, 1], sbytes));
-                let sixteen = g.init_u8("c_u8_16", 16);
-                let lo = g.node("Mod", &[&format!("{name}.weight_q4"), &sixteen], vec![]);
-                let hi = g.node("Div", &[&format!("{name}.weight_q4"), &sixteen], vec![]);
-                let ax = g.const_i64("c_axes_3", &[1], &[3]);
-                let lo = g.node("Unsqueeze", &[&lo, &ax], vec![]);
-                let hi = g.node("Unsqueeze", &[&hi, &ax], vec![]);
-                // element 2i is the low nibble, 2i+1 the high one
-                let pairs = g.node("Concat", &[&lo, &hi], vec![attr_int("axis", 3)]);
+                g.inits.push(raw(&format!("{name}.weight_q4zero"), DataType::Uint8, &[n_out, zb], q.zeros));
+                // element 2i of the last axis is the low nibble, 2i+1 the high one
+                let nibbles = |g: &mut Graph, packed: &str| {
+                    let sixteen = g.init_u8("c_u8_16", 16);
+                    let lo = g.node("Mod", &[packed, &sixteen], vec![]);
+                    let hi = g.node("Div", &[packed, &sixteen], vec![]);
+                    let ax = g.const_i64("c_axes_last", &[1], &[-1]);
+                    let lo = g.node("Unsqueeze", &[&lo, &ax], vec![]);
+                    let hi = g.node("Unsqueeze", &[&hi, &ax], vec![]);
+                    g.node("Concat", &[&lo, &hi], vec![attr_int("axis", -1)])
+                };
+                let pairs = nibbles(g, &format!("{name}.weight_q4"));
                 let shape = g.const_i64(&format!("c_q4_shape_{n_out}_{nb}"), &[3], &[n_out as i64, nb as i64, Q4_BLOCK as i64]);
                 let blocks = g.node("Reshape", &[&pairs, &shape], vec![]);
                 let qf = g.node("Cast", &[&blocks], vec![attr_int("to", DataType::Float as i64)]);
-                let eight = g.scalar("c_f32_8", 8.0);
-                let centered = g.node("Sub", &[&qf, &eight], vec![]);
+                // zero points [n_out, zb, 2] -> [n_out, nb, 1] (an odd count leaves a pad nibble)
+                let zpairs = nibbles(g, &format!("{name}.weight_q4zero"));
+                let zshape = g.const_i64(&format!("c_q4z_shape_{n_out}_{zb}"), &[2], &[n_out as i64, 2 * zb as i64]);
+                let zflat = g.node("Reshape", &[&zpairs, &zshape], vec![]);
+                let start = g.const_i64("c_q4z_start", &[1], &[0]);
+                let end = g.const_i64(&format!("c_q4z_end_{nb}"), &[1], &[nb as i64]);
+                let axis = g.const_i64("c_q4z_axis", &[1], &[1]);
+                let zs = g.node("Slice", &[&zflat, &start, &end, &axis], vec![]);
+                let ax2 = g.const_i64("c_axes_2", &[1], &[2]);
+                let zs = g.node("Unsqueeze", &[&zs, &ax2], vec![]);
+                let zf = g.node("Cast", &[&zs], vec![attr_int("to", DataType::Float as i64)]);
+                let centered = g.node("Sub", &[&qf, &zf], vec![]);
                 let sf = g.node("Cast", &[&format!("{name}.weight_q4scale")], vec![attr_int("to", DataType::Float as i64)]);
                 let wrows = g.node("Mul", &[&centered, &sf], vec![]);
                 let flat = g.const_i64(&format!("c_rows_shape_{n_out}_{n_in}"), &[2], &[n_out as i64, n_in as i64]);

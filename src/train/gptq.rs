@@ -1,40 +1,41 @@
 //! GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
-//! Pre-trained Transformers", 2023) for the body's int4 weights, in the same Q4_0 layout
-//! as [`quant::q4_0_lsq`]: the format and the runtime do not change, only which codes are
-//! stored.
+//! Pre-trained Transformers", 2023) for the body's int4 weights, in the layout of
+//! [`quant::q4_rows`] with the same scales and zero points: the format and the runtime do
+//! not change, only which codes are stored.
 //!
 //! Rounding each weight to its nearest code minimizes the weight error; what matters is
 //! the layer's output error on real inputs, sum over tokens of |(W - Q) x|^2, whose
 //! curvature is H = sum x x^T. GPTQ quantizes one input column at a time and moves each
 //! column's rounding error onto the columns not yet quantized, along H^-1, so the outputs
 //! the calibration text produces stay close. Measured on all-MiniLM-L6-v2 (README,
-//! "Quantized body"): held-out sentence cosine of the int4 body 0.969 -> 0.990.
+//! "Quantized body"): held-out sentence cosine of the int4 body 0.974 (rounding) -> 0.991.
 
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use half::f16;
 
-use super::quant::{q4_block_scale, q4_code};
+use super::quant::{q4_block_fit, q4_code, Q4Rows};
 use crate::format::Q4_BLOCK;
 
 /// Dampening added to H's diagonal, as a fraction of its mean: keeps H invertible when
 /// inputs are correlated or rare (the paper's 1 %).
 const DAMP: f64 = 0.01;
 
-/// Q4_0 codes and scales of `rows` ([n_out, n_in], one row per output channel) chosen by
+/// int4 codes, scales and zero points of `rows` ([n_out, n_in], one row per output channel) chosen by
 /// GPTQ against the input curvature `hessian` ([n_in, n_in], sum of x x^T over the
 /// calibration tokens), with the paper's act-order: columns are quantized in decreasing
 /// order of their input energy (H's diagonal), so the columns that matter most are fixed
-/// while the most unquantized columns remain to absorb their error. The block scales are
-/// fixed beforehand ("static groups", fitted as [`q4_0_lsq`](super::quant::q4_0_lsq) does on
-/// the original weights), since blocks are no longer reached in order. Measured on
-/// all-MiniLM-L6-v2 (numpy prototype, 120 BBC documents): sentence cosine 0.9899 against
-/// 0.9883 for GPTQ in column order and 0.9700 for rounding.
+/// while the most unquantized columns remain to absorb their error. The block scales and
+/// zero points are fixed beforehand ("static groups", fitted by
+/// [`q4_block_fit`](super::quant::q4_block_fit) on the original weights), since blocks are no
+/// longer reached in order. Measured on all-MiniLM-L6-v2 (numpy prototype, 120 BBC
+/// documents, symmetric blocks): sentence cosine 0.9899 against 0.9883 for GPTQ in column
+/// order and 0.9700 for rounding.
 /// `None` when H cannot be factored (a calibration that produced non-finite inputs).
-pub fn q4_0_gptq(rows: &[f32], n_in: usize, hessian: &[f64]) -> Option<(Vec<u8>, Vec<f16>)> {
+pub fn q4_gptq(rows: &[f32], n_in: usize, hessian: &[f64]) -> Option<Q4Rows> {
     assert!(n_in % Q4_BLOCK == 0 && rows.len() % n_in == 0 && hessian.len() == n_in * n_in);
     let (n_out, nb) = (rows.len() / n_in, n_in / Q4_BLOCK);
-    let scales: Vec<f16> = rows.chunks_exact(Q4_BLOCK).map(q4_block_scale).collect();
+    let fits: Vec<(f16, u8)> = rows.chunks_exact(Q4_BLOCK).map(q4_block_fit).collect();
     // an input that is always 0 in the calibration text carries no information (H = 1
     // there keeps the factorization defined); dampening keeps H invertible when inputs
     // are correlated or rare
@@ -58,19 +59,17 @@ pub fn q4_0_gptq(rows: &[f32], n_in: usize, hessian: &[f64]) -> Option<(Vec<u8>,
             *x = rows[o * n_in + i] as f64;
         }
         for (k, &i) in perm.iter().enumerate() {
-            let s = scales[o * nb + i / Q4_BLOCK].to_f32();
-            let c = q4_code(row[k] as f32, s);
+            let (s, z) = fits[o * nb + i / Q4_BLOCK];
+            let c = q4_code(row[k] as f32, (s, z));
             codes[o * n_in + i] = c;
             let uk = &u[k * n_in..(k + 1) * n_in];
-            let err = (row[k] - (c as f64 - 8.0) * s as f64) / uk[k];
+            let err = (row[k] - (c as f64 - z as f64) * s.to_f64()) / uk[k];
             for (x, &ukj) in row[k + 1..].iter_mut().zip(&uk[k + 1..]) {
                 *x -= err * ukj;
             }
         }
     }
-    // element 2p of a block is the low nibble, 2p + 1 the high one (as q4_0_lsq)
-    let q = codes.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect();
-    Some((q, scales))
+    Some(Q4Rows::pack(&codes, &fits, n_in))
 }
 
 /// Accumulates H = sum x x^T for one layer input from batches of token vectors.
@@ -92,7 +91,7 @@ impl Hessian {
         faer::linalg::matmul::matmul(self.sum.as_mut(), faer::Accum::Add, xm.transpose(), xm, 1.0f32, faer::Par::rayon(0));
     }
 
-    /// H row-major in f64, as [`q4_0_gptq`] takes it.
+    /// H row-major in f64, as [`q4_gptq`] takes it.
     pub fn finish(&self) -> Vec<f64> {
         (0..self.n).flat_map(|i| (0..self.n).map(move |j| self.sum[(i, j)] as f64)).collect()
     }
@@ -101,22 +100,17 @@ impl Hessian {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::quant::q4_rows;
+    use crate::train::test_noise as noise;
 
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
-
-    fn decode(q: &[u8], s: &[f16], n_in: usize) -> Vec<f32> {
-        (0..q.len() * 2)
+    fn decode(q: &Q4Rows, n_in: usize) -> Vec<f32> {
+        let nb = n_in / Q4_BLOCK;
+        let nibble = |bytes: &[u8], k: usize| if k % 2 == 0 { bytes[k / 2] & 15 } else { bytes[k / 2] >> 4 };
+        (0..q.codes.len() * 2)
             .map(|k| {
-                let nib = if k % 2 == 0 { q[k / 2] & 15 } else { q[k / 2] >> 4 };
-                (nib as f32 - 8.0) * s[(k / n_in) * (n_in / Q4_BLOCK) + (k % n_in) / Q4_BLOCK].to_f32()
+                let (row, block) = (k / n_in, (k % n_in) / Q4_BLOCK);
+                let z = nibble(&q.zeros[row * nb.div_ceil(2)..], block);
+                (nibble(&q.codes, k) as f32 - z as f32) * q.scales[row * nb + block].to_f32()
             })
             .collect()
     }
@@ -130,7 +124,7 @@ mod tests {
     }
 
     /// On inputs with correlated features (the case GPTQ exists for), its codes leave a
-    /// smaller output error than rounding each block to its least-squares codes.
+    /// smaller output error than rounding each block to its fitted codes.
     #[test]
     fn gptq_beats_rounding_on_the_output_error() {
         let (n_in, n_out, tokens) = (64, 24, 400);
@@ -141,10 +135,8 @@ mod tests {
         let x: Vec<f32> = (0..tokens).flat_map(|t| (0..n_in).map(|i| (0..8).map(|k| z[t * 8 + k] * mix[k * n_in + i]).sum::<f32>()).collect::<Vec<_>>()).collect();
         let mut h = Hessian::new(n_in);
         h.add(&x);
-        let (q, s) = q4_0_gptq(&rows, n_in, &h.finish()).unwrap();
-        let (rq, rs) = super::super::quant::q4_0_lsq(&rows);
-        let gptq = output_error(&rows, &decode(&q, &s, n_in), &x, n_in);
-        let rtn = output_error(&rows, &decode(&rq, &rs, n_in), &x, n_in);
+        let gptq = output_error(&rows, &decode(&q4_gptq(&rows, n_in, &h.finish()).unwrap(), n_in), &x, n_in);
+        let rtn = output_error(&rows, &decode(&q4_rows(&rows, n_in), n_in), &x, n_in);
         assert!(gptq < 0.7 * rtn, "GPTQ output error {gptq} vs rounding {rtn}");
     }
 
@@ -155,6 +147,6 @@ mod tests {
         let (n_in, n_out) = (64, 8);
         let rows = noise(n_out * n_in, 4);
         let h: Vec<f64> = (0..n_in * n_in).map(|k| if k / n_in == k % n_in { 100.0 } else { 0.0 }).collect();
-        assert_eq!(q4_0_gptq(&rows, n_in, &h).unwrap(), super::super::quant::q4_0_lsq(&rows));
+        assert_eq!(q4_gptq(&rows, n_in, &h).unwrap(), q4_rows(&rows, n_in));
     }
 }

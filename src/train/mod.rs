@@ -22,6 +22,18 @@ use crate::tokenize::Tokenizer;
 use crate::corpus::Corpus;
 use source::SourceTable;
 
+/// Deterministic uniform noise in [-0.5, 0.5) for the quantizers' unit tests.
+#[cfg(test)]
+pub(crate) fn test_noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect()
+}
+
 /// What to compress and how.
 #[derive(Clone, Debug)]
 pub struct CompressOptions {

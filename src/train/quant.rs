@@ -36,54 +36,80 @@ pub fn q4_0(x: &[f32]) -> (Vec<u8>, Vec<f16>) {
     (q, scales)
 }
 
-/// Q4_0 layout with the scale chosen per block by least squares instead of min/max
-/// (as llama.cpp's make_qx_quants): for 19 candidate inverse scales around the min/max
-/// one, round, fit the scale that minimizes the block's squared error for those codes,
-/// and keep the best. Same format and decoder as [`q4_0`], lower error.
-pub fn q4_0_lsq(x: &[f32]) -> (Vec<u8>, Vec<f16>) {
-    debug_assert_eq!(x.len() % Q4_BLOCK, 0);
-    let mut q = Vec::with_capacity(x.len() / 2);
-    let mut scales = Vec::with_capacity(x.len() / Q4_BLOCK);
-    for block in x.chunks_exact(Q4_BLOCK) {
-        let scale = q4_block_scale(block);
-        let s = scale.to_f32();
-        let code = |v: f32| q4_code(v, s);
-        q.extend((0..Q4_BLOCK / 2).map(|p| code(block[2 * p]) | (code(block[2 * p + 1]) << 4)));
-        scales.push(scale);
-    }
-    (q, scales)
+/// The body's int4 weights, one row per output channel in blocks of 32 inputs, each block
+/// with 4-bit codes q, an f16 scale s and a 4-bit zero point z: value = (q - z) * s. This is
+/// ONNX Runtime's `MatMulNBits` layout: codes two a byte, low nibble first; zero points two
+/// blocks a byte per row, low nibble first (`zeros` is [rows, ceil(blocks / 2)]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q4Rows {
+    pub codes: Vec<u8>,
+    pub scales: Vec<f16>,
+    pub zeros: Vec<u8>,
 }
 
-/// The stored (f16) scale of one Q4_0 block, fitted by least squares as [`q4_0_lsq`]
-/// describes; codes are then re-rounded against it so decoding matches what was fitted.
-pub fn q4_block_scale(block: &[f32]) -> f16 {
-    let m = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let mut best = (0f32, -1f32); // (scale, sumlx^2 / suml2), larger is better
-    if m != 0.0 {
-        for is in -9..=9 {
-            let iscale = -(8.0 + 0.1 * is as f32) / m;
-            let (mut sumlx, mut suml2) = (0f32, 0f32);
-            for &v in block {
-                let c = ((iscale * v).round() as i32).clamp(-8, 7);
-                sumlx += c as f32 * v;
-                suml2 += (c * c) as f32;
-            }
-            // the least-squares scale for these codes is sumlx / suml2, and the
-            // error it leaves is |x|^2 - sumlx^2 / suml2
-            if suml2 > 0.0 && sumlx * sumlx / suml2 > best.1 {
-                best = (sumlx / suml2, sumlx * sumlx / suml2);
-            }
+impl Q4Rows {
+    /// Pack one code per weight and one (scale, zero point) per block of `rows` with `n_in`
+    /// inputs each.
+    pub fn pack(codes: &[u8], fits: &[(f16, u8)], n_in: usize) -> Self {
+        let nb = n_in / Q4_BLOCK;
+        let zeros = fits
+            .chunks_exact(nb)
+            .flat_map(|row| row.chunks(2).map(|p| p[0].1 | (p.get(1).map_or(0, |z| z.1) << 4)))
+            .collect();
+        Q4Rows { codes: codes.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect(), scales: fits.iter().map(|f| f.0).collect(), zeros }
+    }
+}
+
+/// Round every weight of `rows` ([n_out, n_in]) to its block's fit ([`q4_block_fit`]).
+pub fn q4_rows(rows: &[f32], n_in: usize) -> Q4Rows {
+    debug_assert_eq!(n_in % Q4_BLOCK, 0);
+    let fits: Vec<(f16, u8)> = rows.chunks_exact(Q4_BLOCK).map(q4_block_fit).collect();
+    let codes: Vec<u8> = rows.iter().enumerate().map(|(i, &v)| q4_code(v, fits[i / Q4_BLOCK])).collect();
+    Q4Rows::pack(&codes, &fits, n_in)
+}
+
+/// Candidate ranges tried per block, as fractions of (max - min) / 15.
+const Q4_RANGE_GRID: [f32; 11] = [0.8, 0.825, 0.85, 0.875, 0.9, 0.925, 0.95, 0.975, 1.0, 1.025, 1.05];
+
+/// The stored (f16) scale and the zero point of one block: for each candidate range, the
+/// zero point is the code of 0, values are rounded, and the least-squares scale for those
+/// codes is fitted; the candidate leaving the smallest squared error wins. Using all 16
+/// codes on the block's own range, rather than symmetric ones around a fixed 8 (ggml Q4_0),
+/// does not waste levels on blocks that lean to one side.
+pub fn q4_block_fit(block: &[f32]) -> (f16, u8) {
+    let (lo, hi) = block.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let mut best = (f16::ZERO, 8u8, f32::INFINITY);
+    for f in Q4_RANGE_GRID {
+        let s = (hi - lo) / 15.0 * f;
+        if !(s > 0.0) {
+            continue;
+        }
+        let z = (-lo / s).round().clamp(0.0, 15.0) as u8;
+        // codes centred on the zero point, rounded at the candidate scale
+        let centred = |v: f32| ((v / s).round() + z as f32).clamp(0.0, 15.0) - z as f32;
+        let (cx, c2) = block.iter().fold((0f32, 0f32), |(cx, c2), &v| (cx + centred(v) * v, c2 + centred(v) * centred(v)));
+        if c2 == 0.0 {
+            continue;
+        }
+        // the least-squares scale for these codes, as stored; the final codes are re-rounded
+        // against it (q4_code), which can only lower the error measured here
+        let s2 = f16::from_f32(cx / c2);
+        let err: f32 = block.iter().map(|&v| (centred(v) * s2.to_f32() - v).powi(2)).sum();
+        if err < best.2 {
+            best = (s2, z, err);
         }
     }
-    f16::from_f32(best.0)
+    (best.0, best.1)
 }
 
-/// The stored nibble (code + 8) of `v` under scale `s`; a zero scale decodes to 0 anyway.
-pub fn q4_code(v: f32, s: f32) -> u8 {
+/// The stored code of `v` in a block with (scale, zero point) `fit`; a zero scale decodes
+/// every code to 0.
+pub fn q4_code(v: f32, (s, z): (f16, u8)) -> u8 {
+    let s = s.to_f32();
     if s == 0.0 {
-        return 8;
+        return z;
     }
-    (((v / s).round() as i32).clamp(-8, 7) + 8) as u8
+    ((v / s).round() + z as f32).clamp(0.0, 15.0) as u8
 }
 
 /// Candidate scales tried per block, as fractions of the min/max scale: low-bit codes
@@ -160,4 +186,51 @@ fn kbit_block(x: &[f32], bits: u8, codes: &mut [u8]) -> f32 {
         }
     }
     best_s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(q: &Q4Rows, n_in: usize) -> Vec<f32> {
+        let nb = n_in / Q4_BLOCK;
+        let mut out = vec![0f32; q.codes.len() * 2];
+        for (k, dst) in out.chunks_exact_mut(Q4_BLOCK).enumerate() {
+            let (row, b) = (k / nb, k % nb);
+            let zbyte = q.zeros[row * nb.div_ceil(2) + b / 2];
+            let z = if b % 2 == 0 { zbyte & 15 } else { zbyte >> 4 };
+            crate::format::decode_q4_block(&q.codes[k * Q4_BLOCK / 2..(k + 1) * Q4_BLOCK / 2], q.scales[k].to_f32(), z, dst);
+        }
+        out
+    }
+
+    fn sq_err(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum()
+    }
+
+    /// Blocks that lean to one side (here: uniform values in [0.2, 1.2), 3 blocks a row so
+    /// the last zero-point byte is half used) are where the fitted zero point pays: less than
+    /// half the squared error of ggml's symmetric Q4_0 at the same bytes per weight.
+    #[test]
+    fn fitted_zero_points_beat_symmetric_blocks_on_one_sided_rows() {
+        let n_in = 3 * Q4_BLOCK;
+        let rows: Vec<f32> = crate::train::test_noise(8 * n_in, 7).iter().map(|v| v + 0.7).collect();
+        let q = q4_rows(&rows, n_in);
+        assert_eq!((q.codes.len(), q.scales.len(), q.zeros.len()), (rows.len() / 2, rows.len() / Q4_BLOCK, 8 * 2));
+        let (sq, ss) = q4_0(&rows);
+        let sym = Q4Rows { codes: sq, scales: ss, zeros: vec![0x88; 16] };
+        let (asym, sym) = (sq_err(&rows, &decode(&q, n_in)), sq_err(&rows, &decode(&sym, n_in)));
+        assert!(asym < 0.5 * sym, "zero points {asym} vs symmetric {sym}");
+    }
+
+    /// On symmetric data the fit is still no worse than ggml's Q4_0.
+    #[test]
+    fn fitted_blocks_are_no_worse_than_q4_0_on_centred_rows() {
+        let n_in = 2 * Q4_BLOCK;
+        let rows = crate::train::test_noise(16 * n_in, 11);
+        let (sq, ss) = q4_0(&rows);
+        let sym = Q4Rows { codes: sq, scales: ss, zeros: vec![0x88; 16] };
+        let (asym, sym) = (sq_err(&rows, &decode(&q4_rows(&rows, n_in), n_in)), sq_err(&rows, &decode(&sym, n_in)));
+        assert!(asym <= sym, "zero points {asym} vs symmetric {sym}");
+    }
 }
