@@ -38,7 +38,7 @@ pub struct BodyBatch {
 
 impl Encoder {
     /// Load body.onnx bytes for hidden size `dim`, with `threads` matmul threads; with
-    /// `int4` = [`Int4::Packed`] an int4 body's weights stay Q4_0 in memory. `scheme` is
+    /// `int4` = [`Int4::Packed`] an int4 body's weights stay 4-bit in memory. `scheme` is
     /// the manifest's: a graph storing its weights otherwise is an error.
     /// Errors are plain strings: the caller knows the file name.
     pub fn load(bytes: Vec<u8>, dim: usize, threads: usize, scheme: WeightScheme, int4: Int4) -> Result<Self, String> {
@@ -182,8 +182,8 @@ pub enum Int4 {
     /// Kept 4-bit: each MatMul becomes ONNX Runtime's `MatMulNBits` (4 bits, blocks of 32,
     /// a zero point per block: exactly our stored layout), which tract 0.23 holds as a Q4_0
     /// block-quant constant, dequantized inside its matmul kernels, plus a small correction
-    /// for zero points other than 8 (18 MB heap after load; about twice the latency on x86
-    /// AVX2, where only a one-column Q4_0 kernel exists).
+    /// for zero points other than 8 (all-MiniLM-L6-v2: 15 MB heap after load; about 2.5
+    /// times the latency on x86 AVX2, where only a one-column Q4_0 kernel exists).
     Packed,
 }
 
@@ -352,7 +352,7 @@ fn expand_q4(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Resul
         for b in 0..nb {
             let k = o * nb + b;
             let scale = half::f16::from_le_bytes([s.raw_data[2 * k], s.raw_data[2 * k + 1]]).to_f32();
-            let zero = z.map_or(8, |z| (z.raw_data[o * nb.div_ceil(2) + b / 2] >> (4 * (b % 2))) & 15);
+            let zero = z.map_or(8, |z| crate::format::q4_zero(&z.raw_data[o * nb.div_ceil(2)..], b));
             crate::format::decode_q4_block(&q.raw_data[k * half_block..(k + 1) * half_block], scale, zero, &mut row[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
         }
         for (i, v) in row.iter().enumerate() {

@@ -202,6 +202,12 @@ pub struct Tier<'a> {
     pub scale: &'a [f16],
 }
 
+/// The zero point of block `b` in one row's packed zero points (two blocks a byte, low
+/// nibble first: ONNX Runtime's `MatMulNBits` layout, used by the body's int4 weights).
+pub fn q4_zero(row: &[u8], b: usize) -> u8 {
+    (row[b / 2] >> (4 * (b % 2))) & 15
+}
+
 /// Decode one block of 4-bit codes: two values a byte, low nibble first, x = (q - zero) *
 /// scale. The table's ggml Q4_0 blocks have zero 8; the body's int4 weights
 /// (`encode::expand_stored_weights`) store a zero point per block.

@@ -25,7 +25,7 @@ pub enum WeightScheme {
     F16,
     /// Symmetric int8 per output channel.
     Int8,
-    /// ggml Q4_0: blocks of 32 inputs with an f16 scale, per output channel.
+    /// 4-bit blocks of 32 inputs with an f16 scale and a zero point, per output channel.
     Int4,
 }
 

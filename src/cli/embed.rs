@@ -30,8 +30,8 @@ pub struct RunArgs {
     /// Threads for the transformer's matrix products.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Keep an int4 body's weights packed (Q4_0) in memory and run tract's block-quant
-    /// kernels: a third of the heap, about twice the latency on x86 AVX2 (see README).
+    /// Keep an int4 body's weights packed (4-bit) in memory and run tract's block-quant
+    /// kernels: a third of the heap, about 2.5 times the latency on x86 AVX2 (see README).
     #[arg(long)]
     pub packed: bool,
 }

@@ -103,18 +103,6 @@ mod tests {
     use crate::train::quant::q4_rows;
     use crate::train::test_noise as noise;
 
-    fn decode(q: &Q4Rows, n_in: usize) -> Vec<f32> {
-        let nb = n_in / Q4_BLOCK;
-        let nibble = |bytes: &[u8], k: usize| if k % 2 == 0 { bytes[k / 2] & 15 } else { bytes[k / 2] >> 4 };
-        (0..q.codes.len() * 2)
-            .map(|k| {
-                let (row, block) = (k / n_in, (k % n_in) / Q4_BLOCK);
-                let z = nibble(&q.zeros[row * nb.div_ceil(2)..], block);
-                (nibble(&q.codes, k) as f32 - z as f32) * q.scales[row * nb + block].to_f32()
-            })
-            .collect()
-    }
-
     /// Output error sum over tokens of |(W - Q) x|^2 on the calibration inputs.
     fn output_error(rows: &[f32], deq: &[f32], x: &[f32], n_in: usize) -> f64 {
         let n_out = rows.len() / n_in;
@@ -135,8 +123,8 @@ mod tests {
         let x: Vec<f32> = (0..tokens).flat_map(|t| (0..n_in).map(|i| (0..8).map(|k| z[t * 8 + k] * mix[k * n_in + i]).sum::<f32>()).collect::<Vec<_>>()).collect();
         let mut h = Hessian::new(n_in);
         h.add(&x);
-        let gptq = output_error(&rows, &decode(&q4_gptq(&rows, n_in, &h.finish()).unwrap(), n_in), &x, n_in);
-        let rtn = output_error(&rows, &decode(&q4_rows(&rows, n_in), n_in), &x, n_in);
+        let gptq = output_error(&rows, &q4_gptq(&rows, n_in, &h.finish()).unwrap().decode(n_in), &x, n_in);
+        let rtn = output_error(&rows, &q4_rows(&rows, n_in).decode(n_in), &x, n_in);
         assert!(gptq < 0.7 * rtn, "GPTQ output error {gptq} vs rounding {rtn}");
     }
 

@@ -60,6 +60,21 @@ impl Q4Rows {
     }
 }
 
+#[cfg(test)]
+impl Q4Rows {
+    /// The weights these codes stand for, rows of `n_in` (for the quantizers' tests).
+    pub(crate) fn decode(&self, n_in: usize) -> Vec<f32> {
+        let nb = n_in / Q4_BLOCK;
+        let mut out = vec![0f32; self.codes.len() * 2];
+        for (k, dst) in out.chunks_exact_mut(Q4_BLOCK).enumerate() {
+            let (row, b) = (k / nb, k % nb);
+            let z = crate::format::q4_zero(&self.zeros[row * nb.div_ceil(2)..], b);
+            crate::format::decode_q4_block(&self.codes[k * Q4_BLOCK / 2..(k + 1) * Q4_BLOCK / 2], self.scales[k].to_f32(), z, dst);
+        }
+        out
+    }
+}
+
 /// Round every weight of `rows` ([n_out, n_in]) to its block's fit ([`q4_block_fit`]).
 pub fn q4_rows(rows: &[f32], n_in: usize) -> Q4Rows {
     debug_assert_eq!(n_in % Q4_BLOCK, 0);
@@ -192,18 +207,6 @@ fn kbit_block(x: &[f32], bits: u8, codes: &mut [u8]) -> f32 {
 mod tests {
     use super::*;
 
-    fn decode(q: &Q4Rows, n_in: usize) -> Vec<f32> {
-        let nb = n_in / Q4_BLOCK;
-        let mut out = vec![0f32; q.codes.len() * 2];
-        for (k, dst) in out.chunks_exact_mut(Q4_BLOCK).enumerate() {
-            let (row, b) = (k / nb, k % nb);
-            let zbyte = q.zeros[row * nb.div_ceil(2) + b / 2];
-            let z = if b % 2 == 0 { zbyte & 15 } else { zbyte >> 4 };
-            crate::format::decode_q4_block(&q.codes[k * Q4_BLOCK / 2..(k + 1) * Q4_BLOCK / 2], q.scales[k].to_f32(), z, dst);
-        }
-        out
-    }
-
     fn sq_err(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum()
     }
@@ -219,7 +222,7 @@ mod tests {
         assert_eq!((q.codes.len(), q.scales.len(), q.zeros.len()), (rows.len() / 2, rows.len() / Q4_BLOCK, 8 * 2));
         let (sq, ss) = q4_0(&rows);
         let sym = Q4Rows { codes: sq, scales: ss, zeros: vec![0x88; 16] };
-        let (asym, sym) = (sq_err(&rows, &decode(&q, n_in)), sq_err(&rows, &decode(&sym, n_in)));
+        let (asym, sym) = (sq_err(&rows, &q.decode(n_in)), sq_err(&rows, &sym.decode(n_in)));
         assert!(asym < 0.5 * sym, "zero points {asym} vs symmetric {sym}");
     }
 
@@ -230,7 +233,7 @@ mod tests {
         let rows = crate::train::test_noise(16 * n_in, 11);
         let (sq, ss) = q4_0(&rows);
         let sym = Q4Rows { codes: sq, scales: ss, zeros: vec![0x88; 16] };
-        let (asym, sym) = (sq_err(&rows, &decode(&q4_rows(&rows, n_in), n_in)), sq_err(&rows, &decode(&sym, n_in)));
+        let (asym, sym) = (sq_err(&rows, &q4_rows(&rows, n_in).decode(n_in)), sq_err(&rows, &sym.decode(n_in)));
         assert!(asym <= sym, "zero points {asym} vs symmetric {sym}");
     }
 }
