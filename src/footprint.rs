@@ -75,6 +75,34 @@ pub fn proc_rss() -> (Option<u64>, Option<u64>) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// Resident bytes of this executable's own mappings (code, read-only data, relocated data),
+/// from /proc/self/smaps: most of the binary is often resident, since the kernel maps
+/// whole 64 KB windows around each code fault. None where /proc is missing.
+pub fn binary_resident() -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    smaps_rss_of(&smaps, exe.to_str()?)
+}
+
+/// Sum of the `Rss:` lines of the mappings of `path` in smaps text; None if it maps nothing.
+fn smaps_rss_of(smaps: &str, path: &str) -> Option<u64> {
+    let (mut total, mut found, mut inside) = (0u64, false, false);
+    for line in smaps.lines() {
+        // a mapping's header: "start-end perms offset dev inode   [path]" (single spaces,
+        // then padding before a path that may itself hold spaces); its fields follow
+        let mut fields = line.splitn(6, ' ');
+        if fields.next().is_some_and(|range| range.contains('-') && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+            inside = fields.nth(4).is_some_and(|p| p.trim_start() == path);
+            found |= inside;
+        } else if inside {
+            if let Some(kb) = line.strip_prefix("Rss:").and_then(|r| r.trim().strip_suffix("kB")).and_then(|v| v.trim().parse::<u64>().ok()) {
+                total += kb * 1024;
+            }
+        }
+    }
+    found.then_some(total)
+}
+
 /// Latency percentiles in milliseconds (nearest rank on the sorted samples).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Percentiles {
@@ -88,4 +116,27 @@ pub fn percentiles(ms: &mut [f64]) -> Percentiles {
     ms.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| if ms.is_empty() { f64::NAN } else { ms[(((ms.len() as f64) * q).ceil() as usize).clamp(1, ms.len()) - 1] };
     Percentiles { p50: at(0.50), p95: at(0.95), p99: at(0.99), runs: ms.len() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_rss_sums_the_mappings_of_one_file() {
+        let smaps = "\
+55d4c0000000-55d4c0100000 r--p 00000000 08:01 42 /opt/embslim
+Size:               1024 kB
+Rss:                 300 kB
+55d4c0100000-55d4c0900000 r-xp 00100000 08:01 42 /opt/embslim
+Rss:                5000 kB
+7f0000000000-7f0000100000 r--p 00000000 08:01 43                         /opt/my bundle/factors.safetensors
+Rss:                 700 kB
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+Rss:                  64 kB
+";
+        assert_eq!(smaps_rss_of(smaps, "/opt/embslim"), Some(5300 * 1024));
+        assert_eq!(smaps_rss_of(smaps, "/opt/my bundle/factors.safetensors"), Some(700 * 1024));
+        assert_eq!(smaps_rss_of(smaps, "/opt/other"), None);
+    }
 }

@@ -40,9 +40,12 @@ fn peak_rss_agrees_with_usr_bin_time() {
     assert!((ours - theirs).abs() <= PEAK_AGREEMENT * theirs, "footprint {ours} vs /usr/bin/time {theirs}");
     // the heap is part of the resident set
     assert!(report["peak_heap_bytes"].as_f64().unwrap() <= theirs * 1.05);
-    for key in ["factor_file_bytes", "factor_resident_bytes", "bundle_bytes", "binary_bytes", "load_ms", "first_result_ms"] {
+    for key in ["factor_file_bytes", "factor_resident_bytes", "bundle_bytes", "binary_bytes", "binary_resident_bytes", "load_ms", "first_result_ms"] {
         assert!(report[key].is_number(), "{key} missing");
     }
+    // the binary's resident pages: some, at most the file (its zero-filled .bss aside: 1 MB)
+    let (resident, binary) = (report["binary_resident_bytes"].as_f64().unwrap(), report["binary_bytes"].as_f64().unwrap());
+    assert!(resident > 0.0 && resident <= binary + 1e6, "binary resident {resident} of {binary}");
     for len in ["16", "64", "128"] {
         assert!(report["latency_ms"][len]["p50"].is_number(), "latency at {len}");
     }

@@ -42,6 +42,8 @@ struct Report {
     bundle_bytes: u64,
     files: BTreeMap<String, u64>,
     binary_bytes: Option<u64>,
+    /// Resident bytes of the binary's own pages at the end of the run (/proc/self/smaps).
+    binary_resident_bytes: Option<u64>,
     load_ms: f64,
     first_result_ms: f64,
     peak_heap_bytes: usize,
@@ -222,6 +224,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bundle_bytes: files.values().sum::<u64>() + manifest_bytes,
         files,
         binary_bytes: std::env::current_exe().ok().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
+        binary_resident_bytes: footprint::binary_resident(),
         load_ms,
         first_result_ms,
         peak_heap_bytes: footprint::heap().1,
@@ -256,9 +259,9 @@ fn print_table(r: &Report) {
     let opt = |v: Option<u64>| v.map(mb).unwrap_or_else(|| "n/a".into());
     println!("bundle            {}", mb(r.bundle_bytes));
     for (k, v) in &r.files {
-        println!("  {k:<16}{}", mb(*v));
+        println!("  {k:<20}{}", mb(*v));
     }
-    println!("binary            {}", opt(r.binary_bytes));
+    println!("binary            {} ({} resident)", opt(r.binary_bytes), opt(r.binary_resident_bytes));
     println!("load              {:.1} ms (open, map, verify, build the tract plan)", r.load_ms);
     println!("first result      {:.1} ms", r.first_result_ms);
     println!("peak heap         {}", mb(r.peak_heap_bytes as u64));
