@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long)]
     max_length: Option<usize>,
     /// Corpus documents run through the f32 body to calibrate GPTQ for `--weights int4`
-    /// (0: plain least-squares rounding).
+    /// (0: plain rounding to each block's fitted range).
     #[arg(long, default_value_t = embslim::export::calibrate::CALIBRATION_DOCS)]
     calibration_docs: usize,
     /// Write only factors.safetensors (no body, no tokenizer): trainer experiments, and

@@ -36,14 +36,14 @@ pub struct BundleOptions {
     /// tokenizer.json; default: the one beside the model.
     pub tokenizer: Option<PathBuf>,
     /// Corpus documents the f32 body runs on to calibrate GPTQ for an int4 body (0: plain
-    /// least-squares rounding; no corpus: the same, with a warning).
+    /// rounding to each block's fitted range; no corpus: the same, with a warning).
     pub calibration_docs: usize,
 }
 
 /// The body weights of the default bundle, chosen by measurement (README, "Quantized
-/// body"): 4-bit blocks quantized by GPTQ make the whole all-MiniLM-L6-v2 bundle 11.7 MB at
-/// a held-out sentence cosine of 0.99 against the f32 body; `--weights int8` keeps 0.9995
-/// at 16.4 MB.
+/// body"): 4-bit blocks with zero points, quantized by GPTQ, make the whole
+/// all-MiniLM-L6-v2 bundle 11.9 MB at a held-out sentence cosine of 0.991 against the f32
+/// body; `--weights int8` keeps 0.9995 at 16.4 MB.
 pub const DEFAULT_WEIGHTS: WeightScheme = WeightScheme::Int4;
 
 /// What `compress` reports (the `--json` interface).

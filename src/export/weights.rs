@@ -42,8 +42,8 @@ fn raw(name: &str, dt: DataType, dims: &[usize], bytes: Vec<u8>) -> TensorProto 
 
 impl WeightScheme {
     /// Emit `x @ W + b` for `lin` and return the output name. An int4 layer with the
-    /// curvature of its inputs (`hessian`, see `calibrate`) is quantized by GPTQ, else by
-    /// least-squares rounding.
+    /// curvature of its inputs (`hessian`, see `calibrate`) is quantized by GPTQ, else
+    /// rounded to each block's fitted scale and zero point.
     pub fn emit(self, g: &mut Graph, lin: &Linear, x: &str, hessian: Option<&[f64]>) -> Result<String> {
         let (n_in, n_out, name) = (lin.n_in, lin.n_out, lin.name.as_str());
         let w = match self {
@@ -83,13 +83,13 @@ impl WeightScheme {
                 g.inits.push(raw(&format!("{name}.weight_q4scale"), DataType::Float16, &[n_out, nb, 1], sbytes));
                 g.inits.push(raw(&format!("{name}.weight_q4zero"), DataType::Uint8, &[n_out, zb], q.zeros));
                 // element 2i of the last axis is the low nibble, 2i+1 the high one
+                let last = g.const_i64("c_axes_last", &[1], &[-1]);
                 let nibbles = |g: &mut Graph, packed: &str| {
                     let sixteen = g.init_u8("c_u8_16", 16);
                     let lo = g.node("Mod", &[packed, &sixteen], vec![]);
                     let hi = g.node("Div", &[packed, &sixteen], vec![]);
-                    let ax = g.const_i64("c_axes_last", &[1], &[-1]);
-                    let lo = g.node("Unsqueeze", &[&lo, &ax], vec![]);
-                    let hi = g.node("Unsqueeze", &[&hi, &ax], vec![]);
+                    let lo = g.node("Unsqueeze", &[&lo, &last], vec![]);
+                    let hi = g.node("Unsqueeze", &[&hi, &last], vec![]);
                     g.node("Concat", &[&lo, &hi], vec![attr_int("axis", -1)])
                 };
                 let pairs = nibbles(g, &format!("{name}.weight_q4"));
@@ -104,8 +104,7 @@ impl WeightScheme {
                 let end = g.const_i64(&format!("c_q4z_end_{nb}"), &[1], &[nb as i64]);
                 let axis = g.const_i64("c_q4z_axis", &[1], &[1]);
                 let zs = g.node("Slice", &[&zflat, &start, &end, &axis], vec![]);
-                let ax2 = g.const_i64("c_axes_2", &[1], &[2]);
-                let zs = g.node("Unsqueeze", &[&zs, &ax2], vec![]);
+                let zs = g.node("Unsqueeze", &[&zs, &last], vec![]);
                 let zf = g.node("Cast", &[&zs], vec![attr_int("to", DataType::Float as i64)]);
                 let centered = g.node("Sub", &[&qf, &zf], vec![]);
                 let sf = g.node("Cast", &[&format!("{name}.weight_q4scale")], vec![attr_int("to", DataType::Float as i64)]);

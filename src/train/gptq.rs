@@ -129,7 +129,7 @@ mod tests {
     }
 
     /// With uncorrelated unit inputs (H = c I) there is nothing to move errors along:
-    /// GPTQ stores exactly the codes of plain least-squares rounding.
+    /// GPTQ stores exactly the codes of plain rounding.
     #[test]
     fn gptq_on_isotropic_inputs_is_plain_rounding() {
         let (n_in, n_out) = (64, 8);
