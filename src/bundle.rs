@@ -1,5 +1,5 @@
-//! A deployable bundle: body.onnx, factors.safetensors, tokenizer.json, manifest.json
-//! and, once trained, head.safetensors. [`Bundle::open`] checks every file against the
+//! A deployable bundle: body.onnx (with its weights in body.onnx.data), factors.safetensors,
+//! tokenizer.json, manifest.json and, once trained, head.safetensors. [`Bundle::open`] checks every file against the
 //! manifest (size, sha256) and the dimensions of the files against each other before
 //! anything runs; the factor file is memory-mapped and only the rows of the input tokens
 //! are ever read.
@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::embed;
-use crate::encode::{BodyBatch, Encoder, Int4};
+use crate::encode::{BodyBatch, BodyData, Encoder, Int4};
 use crate::error::{Error, Result};
 use crate::format::{self, Factors};
 use crate::fsutil::{drop_page_cache, sha256_file};
@@ -18,11 +18,13 @@ use crate::pool;
 use crate::tokenize::Tokenizer;
 
 pub const BODY_FILE: &str = "body.onnx";
+/// The body's large tensors, as ONNX external data (bundle version 3 on).
+pub const BODY_DATA_FILE: &str = "body.onnx.data";
 pub const FACTORS_FILE: &str = "factors.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const HEAD_FILE: &str = "head.safetensors";
 /// Every file a bundle directory may hold.
-pub const BUNDLE_FILES: [&str; 5] = [BODY_FILE, FACTORS_FILE, TOKENIZER_FILE, HEAD_FILE, MANIFEST_FILE];
+pub const BUNDLE_FILES: [&str; 6] = [BODY_FILE, BODY_DATA_FILE, FACTORS_FILE, TOKENIZER_FILE, HEAD_FILE, MANIFEST_FILE];
 
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
@@ -63,6 +65,10 @@ pub struct Bundle {
 
 impl Bundle {
     pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Self> {
+        crate::malloc::loading(|| Self::load(dir, opts))
+    }
+
+    fn load(dir: &Path, opts: &OpenOptions) -> Result<Self> {
         let manifest = read_manifest(dir)?;
         // the files every bundle needs first (a missing one is named as such), then any
         // other file the manifest lists: every listed file is checked, none is trusted
@@ -98,11 +104,18 @@ impl Bundle {
         }
         let bpath = dir.join(BODY_FILE);
         // read, not mapped: a mapping would keep the whole file resident while tract
-        // decodes it (measured: peak RSS 180 MB mapped vs 161 MB read, f32 body); loaded
-        // before the tokenizer, whose parse would otherwise add its 4.7 MB to the body's
-        // load peak (all-MiniLM-L6-v2, packed int4: 21 -> 17 MB of heap)
+        // decodes it (measured: peak RSS 180 MB mapped vs 161 MB read, f32 body). Bodies
+        // since version 3 keep their weights in body.onnx.data, which tract then reads one
+        // tensor at a time from this mapping, released as it goes, and unmapped once the
+        // plan is built. The body loads before the tokenizer, so the two load peaks do
+        // not add up.
         let body = std::fs::read(&bpath).map_err(|e| Error::io(&bpath, e))?;
-        let encoder = Encoder::load(body, manifest.dim, opts.threads.max(1), manifest.weights, opts.int4).map_err(|msg| Error::bundle(&bpath, msg))?;
+        let encoder = {
+            // SAFETY: as for the factor file.
+            let data = if manifest.files.contains_key(BODY_DATA_FILE) { Some(BodyData::new(unsafe { Mapped::open(&dir.join(BODY_DATA_FILE))? })) } else { None };
+            Encoder::load(body, data, manifest.dim, opts.threads.max(1), manifest.weights, opts.int4)
+        }
+        .map_err(|msg| Error::bundle(&bpath, msg))?;
         let tpath = dir.join(TOKENIZER_FILE);
         let tokenizer = Tokenizer::from_file(&tpath, Some(max_length))?;
         if tokenizer.vocab_size() != manifest.vocab {
@@ -293,7 +306,7 @@ pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest> {
     }
     for (name, entry) in &m.files {
         if name == MANIFEST_FILE || !BUNDLE_FILES.contains(&name.as_str()) {
-            let known = BUNDLE_FILES[..4].join(", ");
+            let known = BUNDLE_FILES[..BUNDLE_FILES.len() - 1].join(", ");
             return Err(Error::bundle(path, format!("lists '{name}', which is not a bundle file ({known})")));
         }
         let hex = entry.sha256.len() == 64 && entry.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));

@@ -1,6 +1,8 @@
 //! The transformer body, run by tract: loaded once with a symbolic batch and sequence
 //! length, optimized once, and reused for every call (the plan is `Send + Sync`).
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use tract_linalg::multithread::Executor;
@@ -8,9 +10,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 use tract_onnx::tract_core::runtime::RunOptions;
-use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, ModelProto, TensorProto};
+use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, TensorProto};
 
+use crate::bundle::BODY_DATA_FILE;
 use crate::format::Q4_BLOCK;
+use crate::mmap::Mapped;
 use crate::manifest::WeightScheme;
 
 /// Names of the body's inputs, in the order the graph declares them.
@@ -36,33 +40,73 @@ pub struct BodyBatch {
     pub type_ids: Vec<i64>,
 }
 
+/// A body's external tensor data (ONNX `data_location = EXTERNAL`, see
+/// `export::graph::move_to_external_data`): the mapped [`BODY_DATA_FILE`].
+pub type BodyData = Arc<Mapped>;
+
+/// Hands tract each external tensor's bytes from the mapping [`stored_bytes`] checked, and
+/// releases those pages once copied, so the file never becomes resident as a whole.
+struct MappedData(BodyData);
+
+impl tract_onnx::data_resolver::ModelDataResolver for MappedData {
+    fn read_bytes_from_path(&self, buf: &mut Vec<u8>, _: &Path, offset: usize, length: Option<usize>) -> TractResult<()> {
+        let bytes = self.0.bytes();
+        let end = length.and_then(|l| offset.checked_add(l)).filter(|e| *e <= bytes.len());
+        let end = end.ok_or_else(|| TractError::msg(format!("external data {offset}..+{length:?} is outside {BODY_DATA_FILE}")))?;
+        buf.extend_from_slice(&bytes[offset..end]);
+        self.0.release(offset, end - offset);
+        Ok(())
+    }
+}
+
 impl Encoder {
     /// Load body.onnx bytes for hidden size `dim`, with `threads` matmul threads; with
     /// `int4` = [`Int4::Packed`] an int4 body's weights stay 4-bit in memory. `scheme` is
-    /// the manifest's: a graph storing its weights otherwise is an error.
+    /// the manifest's: a graph storing its weights otherwise is an error. `data` is the
+    /// bundle's external tensor data, if it has any.
     /// Errors are plain strings: the caller knows the file name.
-    pub fn load(bytes: Vec<u8>, dim: usize, threads: usize, scheme: WeightScheme, int4: Int4) -> Result<Self, String> {
+    pub fn load(bytes: Vec<u8>, data: Option<BodyData>, dim: usize, threads: usize, scheme: WeightScheme, int4: Int4) -> Result<Self, String> {
         use prost::Message;
         if int4 == Int4::Packed && scheme != WeightScheme::Int4 {
             return Err(format!("packed weights need an int4 body; the manifest says this one's are {}", scheme.name()));
         }
         let mut proto = ModelProto::decode(bytes.as_slice()).map_err(|e| format!("not a loadable ONNX body: {e}"))?;
-        // the proto holds its own copy of every tensor: the file's bytes would only add to the load peak
+        // the proto holds its own copy of every inline tensor: the file's bytes would only add to the load peak
         drop(bytes);
-        let found = expand_stored_weights(&mut proto, int4)?;
+        let found = expand_stored_weights(&mut proto, data.as_deref().map(Mapped::bytes), int4)?;
         // (a graph with no MatMul weight we recognize, e.g. Gemm layers, can only be f32)
         if found != [scheme] && !(found.is_empty() && scheme == WeightScheme::F32) {
             let found: Vec<&str> = found.iter().map(|s| s.name()).collect();
             return Err(format!("the manifest says {} weights but the graph's dense layers store {}", scheme.name(), if found.is_empty() { "none".into() } else { found.join(" and ") }));
         }
-        Self::from_proto(proto, dim, threads, &[])
+        Self::from_proto(proto, data, dim, threads, &[])
     }
 
     /// The body of `proto` (weights already f32 or packed) with the values named in
     /// `extra` as further outputs after the hidden states ([`Encoder::run_outputs`]).
-    pub fn from_proto(proto: ModelProto, dim: usize, threads: usize, extra: &[String]) -> Result<Self, String> {
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        let mut model = onnx.model_for_proto_model(&proto).map_err(|e| format!("not a loadable ONNX body: {e:#}"))?;
+    /// Tensors the proto stores as external data are read from `data` (checked by
+    /// [`expand_stored_weights`]).
+    pub fn from_proto(mut proto: ModelProto, data: Option<BodyData>, dim: usize, threads: usize, extra: &[String]) -> Result<Self, String> {
+        let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        // tract reads external data one tensor at a time, each straight into its own
+        // tensor: the load never holds a second copy of all the weights. It would open the
+        // file by a path inside the model directory, refusing a bundle whose files are
+        // symbolic links to elsewhere; the location was checked to be body.onnx.data and
+        // the bytes come from that file's mapping, so tract is handed a path that always
+        // passes its check ("." in "/") and reads from the mapping.
+        let root = data.is_some().then_some("/");
+        if let Some(data) = data {
+            onnx.provider = Arc::new(MappedData(data));
+            for t in proto.graph.iter_mut().flat_map(|g| g.initializer.iter_mut()) {
+                t.external_data.iter_mut().filter(|e| e.key == "location").for_each(|e| e.value = ".".into());
+            }
+        }
+        let parsed = onnx.parse(&proto, root).map_err(|e| format!("not a loadable ONNX body: {e:#}"))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(format!("not a loadable ONNX body: values used but never defined: {}", parsed.unresolved_inputs.join(", ")));
+        }
+        drop(onnx);
+        let mut model = parsed.model;
         drop(proto);
         if !extra.is_empty() {
             let mut outputs = model.output_outlets().map_err(|e| e.to_string())?.to_vec();
@@ -198,11 +242,11 @@ pub enum Int4 {
 /// for the f32 body. Done here, one layer at a time, the peak is the f32 body's, and the
 /// arithmetic is the same as the graph's ((q - zero) * scale in f32), so results are
 /// identical. Graphs of other origin are left as they are.
-pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<WeightScheme>, String> {
+pub fn expand_stored_weights(model: &mut ModelProto, data: Option<&[u8]>, int4: Int4) -> Result<Vec<WeightScheme>, String> {
     let Some(graph) = model.graph.as_mut() else { return Ok(Vec::new()) };
-    let init_index: std::collections::HashMap<String, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-    let producer: std::collections::HashMap<&str, usize> =
-        graph.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let stored = stored_bytes(graph, data)?;
+    let init_index: HashMap<String, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let producer: HashMap<&str, usize> = graph.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
     // outputs computable from initializers alone (ONNX lists nodes in topological order):
     // only such subgraphs are expansions, never the activations feeding attention MatMuls
     let mut constant: std::collections::HashSet<&str> = init_index.keys().map(String::as_str).collect();
@@ -216,18 +260,18 @@ pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<W
     // (MatMul node, stored weight prefix, K, N, has zero points) to run as MatMulNBits
     let mut packed: Vec<(usize, String, usize, usize, bool)> = Vec::new();
     for (ix, node) in graph.node.iter().enumerate() {
-        let init = |name: &str| init_index.get(name).map(|&i| &graph.initializer[i]);
+        let init = |name: &str| init_index.get(name).map(|&i| Stored { t: &graph.initializer[i], bytes: stored[i] });
         match node.op_type.as_str() {
             // f16 weight (or position table) -> f32
             "Cast" => {
-                if let Some(t) = node.input.first().and_then(|i| init(i)).filter(|t| t.data_type == DataType::Float16 as i32) {
-                    let v: Vec<f32> = t.raw_data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
-                    new.push(f32_tensor(&node.output[0], &t.dims, &v));
+                if let Some(t) = node.input.first().and_then(|i| init(i)).filter(|s| s.t.data_type == DataType::Float16 as i32) {
+                    let v: Vec<f32> = t.bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                    new.push(f32_tensor(&node.output[0], &t.t.dims, &v));
                 }
             }
             "MatMul" => {
                 let Some(w) = node.input.get(1).filter(|w| constant.contains(w.as_str())) else { continue };
-                if init(w).is_some_and(|t| t.data_type == DataType::Float as i32) {
+                if init(w).is_some_and(|s| s.t.data_type == DataType::Float as i32) {
                     found.push(WeightScheme::F32);
                     continue;
                 }
@@ -242,7 +286,7 @@ pub fn expand_stored_weights(model: &mut ModelProto, int4: Int4) -> Result<Vec<W
                     if let Some(p) = name.strip_suffix(".weight_q4").or_else(|| name.strip_suffix(".weight_q8")) {
                         stored = Some((p, name.ends_with("q4")));
                     }
-                    f16 |= init(name).is_some_and(|t| t.data_type == DataType::Float16 as i32);
+                    f16 |= init(name).is_some_and(|s| s.t.data_type == DataType::Float16 as i32);
                     if let Some(&n) = producer.get(name) {
                         stack.extend(graph.node[n].input.iter().map(String::as_str));
                     }
@@ -316,6 +360,49 @@ fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
     TensorProto { name: name.into(), dims: dims.to_vec(), data_type: DataType::Float as i32, raw_data: bytemuck::cast_slice(v).to_vec(), ..Default::default() }
 }
 
+/// An initializer and its stored bytes (inline or in the external data file).
+#[derive(Clone, Copy)]
+struct Stored<'a> {
+    t: &'a TensorProto,
+    bytes: &'a [u8],
+}
+
+/// The stored bytes of every initializer of `graph`, in order: its raw_data, or its range
+/// of `data`, the external data file (if the bundle has one). External references are checked before anything
+/// reads them: the location must be the bundle's [`BODY_DATA_FILE`] (a name, never a
+/// path elsewhere), the offset and length present and within the file.
+fn stored_bytes<'a>(graph: &'a GraphProto, data: Option<&'a [u8]>) -> Result<Vec<&'a [u8]>, String> {
+    graph
+        .initializer
+        .iter()
+        .map(|t| {
+            if t.data_location != Some(DataLocation::External as i32) {
+                return Ok(&t.raw_data[..]);
+            }
+            let bad = |why: String| format!("tensor '{}' in external data: {why}", t.name);
+            let key = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
+            match key("location") {
+                Some(BODY_DATA_FILE) => {}
+                Some(other) => return Err(bad(format!("location '{other}' is not the bundle's {BODY_DATA_FILE}"))),
+                None => return Err(bad("no location".into())),
+            }
+            let num = |k: &str| -> Result<usize, String> {
+                let v = key(k).ok_or_else(|| bad(format!("no {k}")))?;
+                v.parse().map_err(|_| bad(format!("{k} '{v}' is not a byte count")))
+            };
+            let (offset, length) = (num("offset")?, num("length")?);
+            if !t.raw_data.is_empty() {
+                return Err(bad("it also has inline data".into()));
+            }
+            let data = data.ok_or_else(|| bad(format!("the bundle has no {BODY_DATA_FILE}")))?;
+            match offset.checked_add(length) {
+                Some(end) if end <= data.len() => Ok(&data[offset..end]),
+                _ => Err(bad(format!("bytes {offset}..+{length} are beyond the {} bytes of {BODY_DATA_FILE}", data.len()))),
+            }
+        })
+        .collect()
+}
+
 fn dims3(t: &TensorProto) -> Option<(usize, usize, usize)> {
     match t.dims[..] {
         [a, b, c] if a >= 0 && b >= 0 && c >= 0 => Some((a as usize, b as usize, c as usize)),
@@ -325,16 +412,16 @@ fn dims3(t: &TensorProto) -> Option<(usize, usize, usize)> {
 
 /// (n_out, blocks per row) of 4-bit rows [n_out, nb, 16] bytes with f16 scales [n_out, nb,
 /// 1] and, if stored, zero points [n_out, ceil(nb / 2)] bytes.
-fn q4_dims(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Result<(usize, usize), String> {
-    let bad = || format!("stored weight {}: inconsistent 4-bit blocks", q.name);
-    let (n_out, nb, half_block) = dims3(q).ok_or_else(bad)?;
+fn q4_dims(q: Stored, s: Stored, z: Option<Stored>) -> Result<(usize, usize), String> {
+    let bad = || format!("stored weight {}: inconsistent 4-bit blocks", q.t.name);
+    let (n_out, nb, half_block) = dims3(q.t).ok_or_else(bad)?;
     let blocks = n_out.checked_mul(nb).ok_or_else(bad)?;
     if half_block != Q4_BLOCK / 2
-        || q.raw_data.len() != blocks * half_block
-        || dims3(s) != Some((n_out, nb, 1))
-        || s.raw_data.len() != blocks * 2
-        || s.data_type != DataType::Float16 as i32
-        || z.is_some_and(|z| z.dims[..] != [n_out as i64, nb.div_ceil(2) as i64] || z.raw_data.len() != n_out * nb.div_ceil(2) || z.data_type != DataType::Uint8 as i32)
+        || q.bytes.len() != blocks * half_block
+        || dims3(s.t) != Some((n_out, nb, 1))
+        || s.bytes.len() != blocks * 2
+        || s.t.data_type != DataType::Float16 as i32
+        || z.is_some_and(|z| z.t.dims[..] != [n_out as i64, nb.div_ceil(2) as i64] || z.bytes.len() != n_out * nb.div_ceil(2) || z.t.data_type != DataType::Uint8 as i32)
     {
         return Err(bad());
     }
@@ -342,7 +429,7 @@ fn q4_dims(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Result<
 }
 
 /// 4-bit rows (see [`q4_dims`]) -> W [n_in, n_out].
-fn expand_q4(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Result<(Vec<i64>, Vec<f32>), String> {
+fn expand_q4(q: Stored, s: Stored, z: Option<Stored>) -> Result<(Vec<i64>, Vec<f32>), String> {
     let (n_out, nb) = q4_dims(q, s, z)?;
     let (n_in, half_block) = (nb * Q4_BLOCK, Q4_BLOCK / 2);
     let mut w = vec![0f32; n_in * n_out];
@@ -351,9 +438,9 @@ fn expand_q4(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Resul
         // decode output channel o's row, then store it as column o of W
         for b in 0..nb {
             let k = o * nb + b;
-            let scale = half::f16::from_le_bytes([s.raw_data[2 * k], s.raw_data[2 * k + 1]]).to_f32();
-            let zero = z.map_or(8, |z| crate::format::q4_zero(&z.raw_data[o * nb.div_ceil(2)..], b));
-            crate::format::decode_q4_block(&q.raw_data[k * half_block..(k + 1) * half_block], scale, zero, &mut row[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
+            let scale = half::f16::from_le_bytes([s.bytes[2 * k], s.bytes[2 * k + 1]]).to_f32();
+            let zero = z.map_or(8, |z| crate::format::q4_zero(&z.bytes[o * nb.div_ceil(2)..], b));
+            crate::format::decode_q4_block(&q.bytes[k * half_block..(k + 1) * half_block], scale, zero, &mut row[b * Q4_BLOCK..(b + 1) * Q4_BLOCK]);
         }
         for (i, v) in row.iter().enumerate() {
             w[i * n_out + o] = *v;
@@ -363,18 +450,18 @@ fn expand_q4(q: &TensorProto, s: &TensorProto, z: Option<&TensorProto>) -> Resul
 }
 
 /// int8 W [n_in, n_out] with f32 scales [n_out] -> W [n_in, n_out].
-fn expand_q8(q: &TensorProto, s: &TensorProto) -> Result<(Vec<i64>, Vec<f32>), String> {
-    let bad = || format!("stored weight {}: inconsistent int8 weight and scales", q.name);
-    let (n_in, n_out) = match q.dims[..] {
+fn expand_q8(q: Stored, s: Stored) -> Result<(Vec<i64>, Vec<f32>), String> {
+    let bad = || format!("stored weight {}: inconsistent int8 weight and scales", q.t.name);
+    let (n_in, n_out) = match q.t.dims[..] {
         [a, b] if a >= 0 && b >= 0 => (a as usize, b as usize),
         _ => return Err(bad()),
     };
-    if q.raw_data.len() != n_in * n_out || s.raw_data.len() != 4 * n_out || s.data_type != DataType::Float as i32 {
+    if n_in.checked_mul(n_out) != Some(q.bytes.len()) || s.bytes.len() != 4 * n_out || s.t.data_type != DataType::Float as i32 {
         return Err(bad());
     }
-    let scale: Vec<f32> = s.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    let w = q.raw_data.iter().enumerate().map(|(k, &v)| v as i8 as f32 * scale[k % n_out]).collect();
-    Ok((q.dims.clone(), w))
+    let scale: Vec<f32> = s.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let w = q.bytes.iter().enumerate().map(|(k, &v)| v as i8 as f32 * scale[k % n_out]).collect();
+    Ok((q.t.dims.clone(), w))
 }
 
 #[cfg(test)]
@@ -383,6 +470,10 @@ mod tests {
 
     fn tensor(name: &str, dt: DataType, dims: &[i64], raw_data: Vec<u8>) -> TensorProto {
         TensorProto { name: name.into(), dims: dims.to_vec(), data_type: dt as i32, raw_data, ..Default::default() }
+    }
+
+    fn inline(t: &TensorProto) -> Stored<'_> {
+        Stored { t, bytes: &t.raw_data }
     }
 
     /// Zero points are optional, as in MatMulNBits: without them a block's zero is 8. Three
@@ -396,10 +487,10 @@ mod tests {
         let scales = [0.5f32, 1.0, 2.0, -1.0, 0.25, 4.0].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
         let s = tensor("l.weight_q4scale", DataType::Float16, &[2, 3, 1], scales);
         let eights = tensor("l.weight_q4zero", DataType::Uint8, &[2, 2], vec![0x88, 0x08, 0x88, 0x08]);
-        assert_eq!(expand_q4(&q, &s, None).unwrap(), expand_q4(&q, &s, Some(&eights)).unwrap());
+        assert_eq!(expand_q4(inline(&q), inline(&s), None).unwrap(), expand_q4(inline(&q), inline(&s), Some(inline(&eights))).unwrap());
         // zero 3 for row 1's middle block: its values move up by (8 - 3) * 0.25
         let zeros = tensor("l.weight_q4zero", DataType::Uint8, &[2, 2], vec![0x88, 0x08, 0x38, 0x08]);
-        let (a, b) = (expand_q4(&q, &s, None).unwrap().1, expand_q4(&q, &s, Some(&zeros)).unwrap().1);
+        let (a, b) = (expand_q4(inline(&q), inline(&s), None).unwrap().1, expand_q4(inline(&q), inline(&s), Some(inline(&zeros))).unwrap().1);
         for i in 0..nb * Q4_BLOCK {
             for o in 0..n_out {
                 let shift = if o == 1 && i / Q4_BLOCK == 1 { 5.0 * 0.25 } else { 0.0 };
@@ -407,13 +498,13 @@ mod tests {
             }
         }
         let short = tensor("l.weight_q4zero", DataType::Uint8, &[2, 1], vec![0x88, 0x88]);
-        assert_eq!(expand_q4(&q, &s, Some(&short)).unwrap_err(), "stored weight l.weight_q4: inconsistent 4-bit blocks");
+        assert_eq!(expand_q4(inline(&q), inline(&s), Some(inline(&short))).unwrap_err(), "stored weight l.weight_q4: inconsistent 4-bit blocks");
     }
 
     #[test]
     fn packed_weights_on_a_body_of_another_scheme_are_refused() {
         for scheme in [WeightScheme::F32, WeightScheme::F16, WeightScheme::Int8] {
-            let err = Encoder::load(Vec::new(), 384, 1, scheme, Int4::Packed).err().expect("refused");
+            let err = Encoder::load(Vec::new(), None, 384, 1, scheme, Int4::Packed).err().expect("refused");
             assert_eq!(err, format!("packed weights need an int4 body; the manifest says this one's are {}", scheme.name()));
         }
     }

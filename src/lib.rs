@@ -14,6 +14,7 @@ pub mod format;
 pub mod footprint;
 pub mod fsutil;
 pub mod head;
+pub mod malloc;
 pub mod manifest;
 pub mod mmap;
 pub mod pool;

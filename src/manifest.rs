@@ -10,10 +10,11 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const BUNDLE_FORMAT: &str = "embslim-bundle";
 /// The version this build writes. 2: int4 bodies store a zero point per block, which a
 /// version-1 runtime would drop without a word (its expansion reads (q - 8) * scale), so
-/// the version refuses them there instead.
-pub const BUNDLE_VERSION: u32 = 2;
-/// The oldest version this build reads: version-1 bundles differ only by having no zero
-/// points, which read as 8.
+/// the version refuses them there instead. 3: the body's weights are ONNX external data in
+/// body.onnx.data, which a version-2 runtime cannot load.
+pub const BUNDLE_VERSION: u32 = 3;
+/// The oldest version this build reads: version-1 bundles differ from version 2 only by
+/// having no zero points, which read as 8; versions 1 and 2 keep the weights in body.onnx.
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// Storage of the body's MatMul weights.

@@ -89,7 +89,7 @@ fn classify_without_a_head_says_what_to_do() {
     let mut manifest: Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     manifest.as_object_mut().unwrap().remove("labels");
     manifest["files"].as_object_mut().unwrap().remove("head.safetensors");
-    for f in ["body.onnx", "factors.safetensors", "tokenizer.json"] {
+    for f in ["body.onnx", "body.onnx.data", "factors.safetensors", "tokenizer.json"] {
         std::fs::copy(bundle.join(f), nohead.join(f)).unwrap();
     }
     std::fs::write(nohead.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
@@ -225,7 +225,7 @@ fn footprint_json_reports_the_interface_fields() {
     let out = embslim().arg("footprint").arg(&bundle).arg("--texts").arg(texts.path()).args(["--runs", "2", "--docs", "3", "--lengths", "16", "--json", "--profile"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = &json_lines(&out.stdout)[0];
-    let files: u64 = ["body.onnx", "factors.safetensors", "tokenizer.json", "head.safetensors"].iter().map(|f| std::fs::metadata(bundle.join(f)).unwrap().len()).sum();
+    let files: u64 = ["body.onnx", "body.onnx.data", "factors.safetensors", "tokenizer.json", "head.safetensors"].iter().map(|f| std::fs::metadata(bundle.join(f)).unwrap().len()).sum();
     assert!(r["bundle_bytes"].as_u64().unwrap() > files, "bundle bytes include the manifest");
     assert_eq!(r["factor_file_bytes"].as_u64().unwrap(), std::fs::metadata(bundle.join("factors.safetensors")).unwrap().len());
     let (resident, size) = (r["factor_resident_bytes"].as_u64().unwrap(), r["factor_file_bytes"].as_u64().unwrap());

@@ -84,6 +84,20 @@ fn foreign_body() -> Option<PathBuf> {
     Some(dir.join("body.onnx"))
 }
 
+/// Change the first tensor body.onnx keeps in body.onnx.data, and rehash.
+fn edit_external_tensor(dir: &Path, f: impl Fn(&mut tract_onnx::pb::TensorProto)) {
+    use prost::Message;
+    let mut m = tract_onnx::pb::ModelProto::decode(&std::fs::read(dir.join("body.onnx")).unwrap()[..]).unwrap();
+    let t = m.graph.as_mut().unwrap().initializer.iter_mut().find(|t| !t.external_data.is_empty()).expect("an external tensor");
+    f(t);
+    replace(dir, "body.onnx", &m.encode_to_vec());
+    rehash(dir);
+}
+
+fn set_external(t: &mut tract_onnx::pb::TensorProto, key: &str, value: &str) {
+    t.external_data.iter_mut().find(|e| e.key == key).unwrap().value = value.into();
+}
+
 type Mutate = Box<dyn Fn(&Path)>;
 
 #[test]
@@ -113,7 +127,7 @@ fn malformed_bundles_are_refused_naming_the_file_and_the_rule() {
         ("missing key", Box::new(|d| edit_manifest(d, |m| { m.as_object_mut().unwrap().remove("dim"); })), "manifest.json", "missing field `dim`"),
         ("wrong format name", Box::new(|d| edit_manifest(d, |m| m["format"] = json!("gguf"))), "manifest.json", "format is 'gguf', expected 'embslim-bundle'"),
         ("past version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(0))), "manifest.json", "bundle version 0 is not supported"),
-        ("future version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(3))), "manifest.json", "bundle version 3 is not supported"),
+        ("future version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(4))), "manifest.json", "bundle version 4 is not supported"),
         ("negative version", Box::new(|d| edit_manifest(d, |m| m["version"] = json!(-1))), "manifest.json", "not a valid manifest"),
         ("zero dim", Box::new(|d| edit_manifest(d, |m| m["dim"] = json!(0))), "manifest.json", "must be positive"),
         ("zero vocab", Box::new(|d| edit_manifest(d, |m| m["vocab"] = json!(0))), "manifest.json", "must be positive"),
@@ -154,14 +168,38 @@ fn malformed_bundles_are_refused_naming_the_file_and_the_rule() {
             rehash(d);
         }), "factors.safetensors", "invalid factor file: format is 'embslim-factorz'"),
         ("tokenizer not a tokenizer", Box::new(|d| { replace(d, "tokenizer.json", b"{\"model\": 3}"); rehash(d); }), "tokenizer.json", "tokenizer:"),
-        ("tokenizer vocabulary differs", Box::new(move |d| {
+        ("tokenizer vocabulary differs", Box::new({
+            let tokenizer = tokenizer.clone();
+            move |d| {
+                // the token with the highest id: the others still number 0..30521
+                let mut t = tokenizer.clone();
+                let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+                let last = vocab.iter().max_by_key(|(_, id)| id.as_u64()).unwrap().0.clone();
+                vocab.remove(&last);
+                replace(d, "tokenizer.json", &serde_json::to_vec(&t).unwrap());
+                rehash(d);
+            }
+        }), "tokenizer.json", "vocabulary of 30521 tokens does not match the 30522 rows"),
+        ("tokenizer ids with a gap", Box::new(move |d| {
             let mut t = tokenizer.clone();
             t["model"]["vocab"].as_object_mut().unwrap().remove("[unused0]");
             replace(d, "tokenizer.json", &serde_json::to_vec(&t).unwrap());
             rehash(d);
-        }), "tokenizer.json", "vocabulary of 30521 tokens does not match the 30522 rows"),
+        }), "tokenizer.json", "vocabulary ids are not 0..30521 each once"),
         ("weight scheme differs from the graph", Box::new(|d| edit_manifest(d, |m| m["weights"] = json!(if m["weights"] == "int8" { "f16" } else { "int8" }))), "body.onnx", "weights but the graph's dense layers store"),
         ("body not ONNX", Box::new(|d| { replace(d, "body.onnx", b"\x08\x07garbage, not a protobuf \xff\xff\xff"); rehash(d); }), "body.onnx", "not a loadable ONNX body"),
+        ("body data missing", Box::new(|d| std::fs::remove_file(d.join("body.onnx.data")).unwrap()), "body.onnx.data", "missing from the bundle"),
+        ("body data not listed", Box::new(|d| edit_manifest(d, |m| { m["files"].as_object_mut().unwrap().remove("body.onnx.data"); })), "body.onnx", "the bundle has no body.onnx.data"),
+        ("external data elsewhere", Box::new(|d| edit_external_tensor(d, |t| set_external(t, "location", "../../etc/passwd"))), "body.onnx", "location '../../etc/passwd' is not the bundle's body.onnx.data"),
+        ("external data without a length", Box::new(|d| edit_external_tensor(d, |t| t.external_data.retain(|e| e.key != "length"))), "body.onnx", "no length"),
+        ("external length not a number", Box::new(|d| edit_external_tensor(d, |t| set_external(t, "length", "-5"))), "body.onnx", "length '-5' is not a byte count"),
+        ("external range past the data file", Box::new(|d| edit_external_tensor(d, |t| set_external(t, "offset", &u64::MAX.to_string()))), "body.onnx", "are beyond the"),
+        ("external tensor with inline data too", Box::new(|d| edit_external_tensor(d, |t| t.raw_data = vec![0; 4])), "body.onnx", "also has inline data"),
+        ("body data truncated", Box::new(|d| {
+            let b = std::fs::read(d.join("body.onnx.data")).unwrap();
+            replace(d, "body.onnx.data", &b[..b.len() / 2]);
+            rehash(d);
+        }), "body.onnx", "are beyond the"),
         ("head not safetensors", Box::new(|d| { replace(d, "head.safetensors", b"head"); rehash(d); }), "head.safetensors", "not a valid safetensors file"),
         ("head shape differs from the labels", Box::new(|d| { replace(d, "head.safetensors", &head_bytes(3, 384, 0.1)); rehash(d); }), "head.safetensors", "tensor 'weight' is F32 [3, 384], expected F32 [5, 384]"),
         ("head width differs from dim", Box::new(|d| { replace(d, "head.safetensors", &head_bytes(5, 32, 0.1)); rehash(d); }), "head.safetensors", "expected F32 [5, 384]"),

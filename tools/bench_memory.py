@@ -3,8 +3,7 @@
 the first 100 BBC News documents classified one at a time at 128 tokens.
 
 - embslim classify on the default bundle (a head is trained on it if it has none), with the
-  int4 weights expanded to f32 (the default) and kept packed (`--packed`, also with glibc's
-  mmap threshold fixed); peak RSS of the process (/usr/bin/time), against the target peak
+  int4 weights expanded to f32 (the default) and kept packed (`--packed`); peak RSS of the process (/usr/bin/time), against the target peak
   RSS <= bundle bytes + 15 MB;
 - the factor file's resident part after those documents (`footprint --docs 100`), against
   the target <= 25 % of the file;
@@ -34,14 +33,13 @@ TARGET_OVER_BUNDLE = 15e6
 TARGET_RESIDENT = 0.25
 
 
-def run_measured(args, stdin_path=None, env=None):
-    """Run args (with `env` added to the environment) under /usr/bin/time: (peak RSS bytes,
+def run_measured(args, stdin_path=None):
+    """Run args under /usr/bin/time: (peak RSS bytes,
     stdout). Not os.wait4 on a fork of this process: Linux keeps the forked Python's
     high-water mark in the child's ru_maxrss across exec."""
     with tempfile.NamedTemporaryFile() as t:
         stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
-        out = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *args], stdin=stdin, capture_output=True,
-                             env={**os.environ, **(env or {})})
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *args], stdin=stdin, capture_output=True)
         if out.returncode != 0:
             sys.exit(f"{' '.join(args[:3])} failed: {out.stderr.decode(errors='replace')[-2000:]}")
         return int(open(t.name).read().split()[-1]) * 1024, out.stdout
@@ -75,16 +73,12 @@ def main():
         rss, out = run_measured([sys.executable, "-c", bench_speed.ORT_CHILD, model, table, docs, tok, "1", str(DOCS)])
         rows.append((name + " (python, numpy, f32 table)", rss, None))
     ort = {n.split(" ")[0]: r for n, r, _ in rows}
-    # glibc raises its mmap threshold as large blocks are freed, after which they come from
-    # the brk heap and fragment it; a fixed threshold returns them at once
-    fixed = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-    for label, extra, env in (("embslim classify, int4 expanded (default)", [], None), ("embslim classify --packed", ["--packed"], None),
-                              ("embslim classify --packed, MALLOC_MMAP_THRESHOLD_=131072", ["--packed"], fixed)):
-        rss, out = run_measured([a.bin, "classify", a.bundle, "--max-length", "128", *extra], stdin_path=docs, env=env)
+    for label, extra in (("embslim classify, int4 expanded (default)", []), ("embslim classify --packed", ["--packed"])):
+        rss, out = run_measured([a.bin, "classify", a.bundle, "--max-length", "128", *extra], stdin_path=docs)
         assert len(out.splitlines()) == DOCS, "one label per document"
         fp = json.loads(subprocess.run([a.bin, "footprint", a.bundle, "--texts", docs, "--docs", str(DOCS), "--runs", "1",
                                         "--lengths", "128", "--max-length", "128", "--json", *extra],
-                                       check=True, capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout)
+                                       check=True, capture_output=True, text=True).stdout)
         rows.append((label, rss, fp))
 
     print(f"bundle {a.bundle}: {bundle_bytes / 1e6:.2f} MB; binary {os.path.getsize(a.bin) / 1e6:.1f} MB ({a.bin})")

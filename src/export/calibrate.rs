@@ -41,7 +41,7 @@ pub fn hessians(
             inputs.push(x.clone());
         }
     }
-    let enc = Encoder::from_proto(body.model, d, 1, &inputs).map_err(|m| Error::Usage(format!("calibration body: {m}")))?;
+    let enc = Encoder::from_proto(body.model, None, d, 1, &inputs).map_err(|m| Error::Usage(format!("calibration body: {m}")))?;
     let mut sums: Vec<Option<Hessian>> = inputs.iter().map(|_| None).collect();
     let step = (corpus.docs.len() / docs.max(1)).max(1);
     let chosen: Vec<&str> = corpus.docs.iter().step_by(step).take(docs).map(|doc| doc.text.as_str()).collect();

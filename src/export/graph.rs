@@ -1,9 +1,12 @@
 //! A small builder over tract's ONNX protobuf types (prost), for writing graphs.
 
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
-    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
+
+use crate::bundle::BODY_DATA_FILE;
 
 /// ONNX opset the exported bodies use (LayerNormalization needs 17).
 pub const OPSET: i64 = 17;
@@ -100,6 +103,34 @@ impl Graph {
             ..Default::default()
         }
     }
+}
+
+/// Tensors this large or larger go to the external data file (ONNX's own tools use the
+/// same threshold); the small ones (shapes, axes, scalars) stay in the graph.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+/// Offsets in the external data file are multiples of this, so a runtime that maps the
+/// file can view any tensor in place (64: a cache line, and the widest SIMD alignment).
+const EXTERNAL_ALIGN: usize = 64;
+
+/// Move the large initializers of `model` out of the graph into ONNX external data, to be
+/// written as [`BODY_DATA_FILE`] beside the graph, and return those bytes. Loading then
+/// never holds every weight twice: tract builds each tensor straight from the data file
+/// instead of first decoding a graph that holds them all (the int4 all-MiniLM-L6-v2 body's
+/// load peak was two copies of its weights). ONNX Runtime and the `onnx` package read the
+/// pair as they read any model saved with external data.
+pub fn move_to_external_data(model: &mut ModelProto) -> Vec<u8> {
+    let mut data = Vec::new();
+    for t in model.graph.iter_mut().flat_map(|g| g.initializer.iter_mut()) {
+        if t.raw_data.len() < EXTERNAL_MIN_BYTES {
+            continue;
+        }
+        data.resize(data.len().next_multiple_of(EXTERNAL_ALIGN), 0);
+        let entry = |key: &str, value: String| StringStringEntryProto { key: key.into(), value };
+        t.external_data = vec![entry("location", BODY_DATA_FILE.into()), entry("offset", data.len().to_string()), entry("length", t.raw_data.len().to_string())];
+        t.data_location = Some(DataLocation::External as i32);
+        data.append(&mut t.raw_data);
+    }
+    data
 }
 
 pub fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use serde::Serialize;
 
-use crate::bundle::{BODY_FILE, BUNDLE_FILES, FACTORS_FILE, TOKENIZER_FILE};
+use crate::bundle::{BODY_DATA_FILE, BODY_FILE, BUNDLE_FILES, FACTORS_FILE, TOKENIZER_FILE};
 use crate::corpus;
 use crate::error::{Error, Result};
 use crate::format::{self, Factors};
@@ -114,7 +114,7 @@ pub fn compress_bundle(
     // read once: GPTQ calibrates on it, the table's token counts come from it
     let corpus = load_corpus(opts, &mut warn)?;
     // the body first: a model whose graph cannot be exported fails before training
-    let (body, token_type_ids, default_len) = match src.kind {
+    let (body, body_data, token_type_ids, default_len) = match src.kind {
         train::source::SourceKind::HuggingFace => {
             let hessians = match (&corpus, weights == WeightScheme::Int4 && opts.calibration_docs > 0) {
                 (Some(corpus), true) => {
@@ -128,25 +128,27 @@ pub fn compress_bundle(
                 }
                 _ => Default::default(),
             };
-            let bert::Body { model: m, config: cfg, .. } = bert::build_body(&dir, weights, &hessians)?;
+            let bert::Body { model: mut m, config: cfg, .. } = bert::build_body(&dir, weights, &hessians)?;
             if cfg.hidden_size != src.dim {
                 return Err(Error::model(
                     dir.join("config.json"),
                     format!("hidden_size {} differs from the {} columns of the word-embedding table", cfg.hidden_size, src.dim),
                 ));
             }
-            (m.encode_to_vec(), cfg.type_vocab_size > 0, cfg.max_position_embeddings)
+            let data = graph::move_to_external_data(&mut m);
+            (m.encode_to_vec(), data, cfg.type_vocab_size > 0, cfg.max_position_embeddings)
         }
         train::source::SourceKind::Onnx => {
             if weights != WeightScheme::F32 {
                 return Err(Error::Usage("an ONNX model keeps its own weights: use --weights f32".into()));
             }
             let bytes = std::fs::read(&src.file).map_err(|e| Error::io(&src.file, e))?;
-            let r = rewrite::rewrite(&bytes, &src.file)?;
+            let mut r = rewrite::rewrite(&bytes, &src.file)?;
             if r.dim != src.dim {
                 return Err(Error::model(&src.file, format!("graph width {} differs from the table's {}", r.dim, src.dim)));
             }
-            (r.model.encode_to_vec(), r.token_type_ids, 512)
+            let data = graph::move_to_external_data(&mut r.model);
+            (r.model.encode_to_vec(), data, r.token_type_ids, 512)
         }
     };
     let max_length = match opts.max_length {
@@ -161,7 +163,10 @@ pub fn compress_bundle(
     let t = compress_factors(&src, opts, corpus.as_ref().map(|c| (c, &tok)), &mut progress)?;
     let (header, factors) = (&t.header, &t.bytes);
 
-    let files: Vec<(&str, &[u8])> = vec![(BODY_FILE, &body), (FACTORS_FILE, &factors), (TOKENIZER_FILE, &tok_bytes)];
+    let mut files: Vec<(&str, &[u8])> = vec![(BODY_FILE, &body), (FACTORS_FILE, &factors), (TOKENIZER_FILE, &tok_bytes)];
+    if !body_data.is_empty() {
+        files.push((BODY_DATA_FILE, &body_data));
+    }
     let manifest = Manifest {
         format: BUNDLE_FORMAT.into(),
         version: BUNDLE_VERSION,
@@ -181,7 +186,7 @@ pub fn compress_bundle(
     write_bundle(out, &files, &manifest, None)?;
 
     let bundle_bytes = files.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + manifest_bytes(&manifest)?.len() as u64;
-    Ok(t.report(model, out, Some((weights, body.len() as u64, bundle_bytes))))
+    Ok(t.report(model, out, Some((weights, (body.len() + body_data.len()) as u64, bundle_bytes))))
 }
 
 /// A compressed table, serialized, with what is known about it.
