@@ -207,6 +207,11 @@ impl Bundle {
                 *t = i64::from(ty);
             }
         }
+        // the rows are copied out: unmap their pages from the process (they stay in the
+        // page cache, and a later text's rows fault back in from there in microseconds),
+        // so the factor file adds this batch's rows to the process's resident memory, not
+        // every row any text has touched (3 MB after 100 BBC documents)
+        self.factors.release(0, self.factors.bytes().len());
         Ok(batch)
     }
 

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 use tract_onnx::tract_core::runtime::RunOptions;
-use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, TensorProto};
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, tensor_shape_proto::dimension::Value as DimValue, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto,
+};
 
 use crate::bundle::BODY_DATA_FILE;
 use crate::format::Q4_BLOCK;
@@ -25,11 +27,30 @@ pub enum BodyInput {
     TokenTypeIds,
 }
 
+/// The body as a chain of plans ([`partition`]); values pass between them in slots:
+/// the body's inputs first, then each value one stage hands to a later one.
 pub struct Encoder {
-    plan: Arc<TypedRunnableModel>,
+    stages: Vec<Stage>,
     inputs: Vec<BodyInput>,
+    /// Slots of the body's outputs: the hidden states, then the values asked for.
+    outputs: Vec<usize>,
+    slots: usize,
     dim: usize,
 }
+
+struct Stage {
+    plan: Arc<TypedRunnableModel>,
+    /// Slot of each input of the plan, and whether this is the slot's last reader.
+    takes: Vec<(usize, bool)>,
+    /// Slot of each output of the plan.
+    gives: Vec<usize>,
+}
+
+/// At most this many plans a body is loaded as. tract holds two copies of a plan's
+/// weights while it builds it (the graph's constants and its own packed ones): loaded
+/// whole, the int4 all-MiniLM-L6-v2 body peaked at 20 MB of heap for 6.7 MB of weights;
+/// in stages the second copy is one stage's.
+pub const BODY_STAGES: usize = 8;
 
 /// One batch of body inputs; row-major, `batch * seq` tokens.
 pub struct BodyBatch {
@@ -79,14 +100,19 @@ impl Encoder {
             let found: Vec<&str> = found.iter().map(|s| s.name()).collect();
             return Err(format!("the manifest says {} weights but the graph's dense layers store {}", scheme.name(), if found.is_empty() { "none".into() } else { found.join(" and ") }));
         }
-        Self::from_proto(proto, data, dim, threads, &[])
+        Self::build(proto, data, dim, threads, &[], BODY_STAGES)
     }
 
-    /// The body of `proto` (weights already f32 or packed) with the values named in
-    /// `extra` as further outputs after the hidden states ([`Encoder::run_outputs`]).
-    /// Tensors the proto stores as external data are read from `data` (checked by
-    /// [`expand_stored_weights`]).
-    pub fn from_proto(mut proto: ModelProto, data: Option<BodyData>, dim: usize, threads: usize, extra: &[String]) -> Result<Self, String> {
+    /// The body of `proto` (weights already f32 or packed), as one plan, with the values
+    /// named in `extra` as further outputs after the hidden states
+    /// ([`Encoder::run_outputs`]). Tensors the proto stores as external data are read from
+    /// `data` (checked by [`expand_stored_weights`]).
+    pub fn from_proto(proto: ModelProto, data: Option<BodyData>, dim: usize, threads: usize, extra: &[String]) -> Result<Self, String> {
+        Self::build(proto, data, dim, threads, extra, 1)
+    }
+
+    /// Load `proto` as a chain of at most `max_stages` plans.
+    pub fn build(mut proto: ModelProto, data: Option<BodyData>, dim: usize, threads: usize, extra: &[String], max_stages: usize) -> Result<Self, String> {
         let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
         // tract reads external data one tensor at a time, each straight into its own
         // tensor: the load never holds a second copy of all the weights. It would open the
@@ -101,93 +127,193 @@ impl Encoder {
                 t.external_data.iter_mut().filter(|e| e.key == "location").for_each(|e| e.value = ".".into());
             }
         }
-        let parsed = onnx.parse(&proto, root).map_err(|e| format!("not a loadable ONNX body: {e:#}"))?;
-        if !parsed.unresolved_inputs.is_empty() {
-            return Err(format!("not a loadable ONNX body: values used but never defined: {}", parsed.unresolved_inputs.join(", ")));
-        }
-        drop(onnx);
-        let mut model = parsed.model;
-        drop(proto);
-        if !extra.is_empty() {
-            let mut outputs = model.output_outlets().map_err(|e| e.to_string())?.to_vec();
-            for name in extra {
-                outputs.push(model.find_outlet_label(name).ok_or_else(|| format!("the body has no value named '{name}'"))?);
-            }
-            model.select_output_outlets(&outputs).map_err(|e| e.to_string())?;
-        }
-        let batch = model.symbols.sym("batch");
-        let seq = model.symbols.sym("seq");
+        let mut graph = proto.graph.take().ok_or("not a loadable ONNX body: it has no graph")?;
+        let initializers: HashMap<String, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        // the body's inputs, with the facts we run them with
+        let scope = tract_onnx::tract_core::internal::SymbolScope::default();
+        let (batch, seq) = (scope.sym("batch").to_dim(), scope.sym("seq").to_dim());
         let mut inputs = Vec::new();
-        for (i, outlet) in model.input_outlets().map_err(|e| e.to_string())?.to_vec().into_iter().enumerate() {
-            let name = model.node(outlet.node).name.clone();
-            if name == "inputs_embeds" {
-                // a body of another model declares another width: say so, rather than
-                // letting shape inference fail somewhere inside the graph
-                let declared = model.input_fact(i).ok().and_then(|f| f.shape.dims().nth(2).and_then(|d| d.concretize())).and_then(|d| d.to_usize().ok());
-                if let Some(w) = declared.filter(|w| *w != dim) {
-                    return Err(format!("expects inputs_embeds of width {w}, but the manifest's dim is {dim} (a body of another model?)"));
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut facts: Vec<InferenceFact> = Vec::new();
+        for input in graph.input.iter().filter(|i| !initializers.contains_key(&i.name)) {
+            let (kind, fact) = match input.name.as_str() {
+                "inputs_embeds" => {
+                    // a body of another model declares another width: say so, rather than
+                    // letting shape inference fail somewhere inside the graph
+                    if let Some(w) = declared_dim(input, 2).filter(|w| *w != dim) {
+                        return Err(format!("expects inputs_embeds of width {w}, but the manifest's dim is {dim} (a body of another model?)"));
+                    }
+                    (BodyInput::InputsEmbeds, InferenceFact::dt_shape(f32::datum_type(), tvec!(batch.clone(), seq.clone(), dim.to_dim())))
                 }
-            }
-            let (kind, fact) = match name.as_str() {
-                "inputs_embeds" => (BodyInput::InputsEmbeds, InferenceFact::dt_shape(f32::datum_type(), tvec!(batch.to_dim(), seq.to_dim(), dim.to_dim()))),
-                "attention_mask" => (BodyInput::AttentionMask, InferenceFact::dt_shape(i64::datum_type(), tvec!(batch.to_dim(), seq.to_dim()))),
-                "token_type_ids" => (BodyInput::TokenTypeIds, InferenceFact::dt_shape(i64::datum_type(), tvec!(batch.to_dim(), seq.to_dim()))),
+                "attention_mask" => (BodyInput::AttentionMask, InferenceFact::dt_shape(i64::datum_type(), tvec!(batch.clone(), seq.clone()))),
+                "token_type_ids" => (BodyInput::TokenTypeIds, InferenceFact::dt_shape(i64::datum_type(), tvec!(batch.clone(), seq.clone()))),
                 other => return Err(format!("unexpected body input '{other}' (expected inputs_embeds, attention_mask, token_type_ids)")),
             };
-            model.set_input_fact(i, fact).map_err(|e| format!("input '{name}': {e:#}"))?;
+            slot_of.insert(input.name.clone(), inputs.len());
+            facts.push(fact);
             inputs.push(kind);
         }
         if !inputs.contains(&BodyInput::InputsEmbeds) {
             return Err("the body has no inputs_embeds input".into());
         }
-        let typed = model.into_optimized().map_err(|e| format!("cannot optimize the body: {e:#}"))?;
-        let out_fact = typed.output_fact(0).map_err(|e| e.to_string())?;
+        let mut wanted: Vec<ValueInfoProto> = graph.output.clone();
+        wanted.extend(extra.iter().map(|name| ValueInfoProto { name: name.clone(), ..Default::default() }));
+        let ranges = partition(&graph, &initializers, &wanted, max_stages)?;
+        // the last stage reading each value, and the stages reading each initializer
+        let stage_of_node: Vec<usize> = ranges.iter().enumerate().flat_map(|(k, r)| r.clone().map(move |_| k)).collect();
+        let mut last_reader: HashMap<&str, usize> = HashMap::new();
+        let mut init_readers: Vec<Vec<usize>> = vec![Vec::new(); graph.initializer.len()];
+        for (i, n) in graph.node.iter().enumerate() {
+            for v in n.input.iter().filter(|v| !v.is_empty()) {
+                last_reader.insert(v, stage_of_node[i]);
+                if let Some(&t) = initializers.get(v) {
+                    init_readers[t].push(stage_of_node[i]);
+                }
+            }
+        }
+        let last_reader: HashMap<String, usize> = last_reader.into_iter().map(|(v, k)| (v.to_string(), k)).collect();
+        let options = RunOptions { executor: (threads > 1).then(|| Executor::multithread(threads)), ..Default::default() };
+        let mut stages = Vec::new();
+        let mut typed_facts: Vec<Option<TypedFact>> = vec![None; inputs.len()];
+        for (k, range) in ranges.iter().enumerate() {
+            let last = k + 1 == ranges.len();
+            let node: Vec<NodeProto> = graph.node[range.clone()].iter_mut().map(std::mem::take).collect();
+            let produced: std::collections::HashSet<&str> = node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+            let mut stage_inputs: Vec<String> = Vec::new();
+            let mut stage_inits = Vec::new();
+            for v in node.iter().flat_map(|n| n.input.iter()).filter(|v| !v.is_empty() && !produced.contains(v.as_str())) {
+                if let Some(&t) = initializers.get(v) {
+                    if !stage_inits.iter().any(|x: &TensorProto| &x.name == v) {
+                        // a weight read by one stage moves there; shared constants are copied
+                        let readers = &init_readers[t];
+                        stage_inits.push(if readers.iter().all(|r| *r == k) { std::mem::take(&mut graph.initializer[t]) } else { graph.initializer[t].clone() });
+                    }
+                } else if !stage_inputs.contains(v) {
+                    stage_inputs.push(v.clone());
+                }
+            }
+            // what this stage hands on: values read by later stages, and the body's outputs
+            let outputs: Vec<ValueInfoProto> = if last {
+                wanted.iter().filter(|w| produced.contains(w.name.as_str()) || stage_inputs.contains(&w.name)).cloned().collect()
+            } else {
+                let mut out: Vec<String> = Vec::new();
+                for v in node.iter().flat_map(|n| n.output.iter()) {
+                    if last_reader.get(v).is_some_and(|r| *r > k) || wanted.iter().any(|w| &w.name == v) {
+                        out.push(v.clone());
+                    }
+                }
+                out.into_iter().map(|name| ValueInfoProto { name, ..Default::default() }).collect()
+            };
+            let mut input_info = Vec::new();
+            let mut takes = Vec::new();
+            let mut stage_facts = Vec::new();
+            for v in &stage_inputs {
+                let slot = *slot_of.get(v).ok_or_else(|| format!("not a loadable ONNX body: value '{v}' is used but never defined"))?;
+                let fact = match &typed_facts[slot] {
+                    Some(f) => InferenceFact::from(f),
+                    None => facts[slot].clone(),
+                };
+                let elem = fact.datum_type().and_then(onnx_type).ok_or_else(|| format!("cannot load the body in stages: value '{v}' has no ONNX type"))?;
+                input_info.push(value_info(v, elem));
+                takes.push((slot, last_reader.get(v).is_none_or(|r| *r <= k) && !wanted.iter().any(|w| &w.name == v)));
+                stage_facts.push(fact);
+            }
+            let stage_proto = ModelProto {
+                ir_version: proto.ir_version,
+                opset_import: proto.opset_import.clone(),
+                graph: Some(GraphProto { node, initializer: stage_inits, input: input_info, output: outputs.clone(), ..Default::default() }),
+                ..Default::default()
+            };
+            let mut template = InferenceModel::default();
+            template.symbols = scope.clone();
+            let parsed = onnx.parse_with_template(&stage_proto, root, template).map_err(|e| format!("not a loadable ONNX body: {e:#}"))?;
+            drop(stage_proto);
+            if !parsed.unresolved_inputs.is_empty() {
+                return Err(format!("not a loadable ONNX body: values used but never defined: {}", parsed.unresolved_inputs.join(", ")));
+            }
+            let mut model = parsed.model;
+            for (i, fact) in stage_facts.into_iter().enumerate() {
+                model.set_input_fact(i, fact).map_err(|e| format!("input '{}': {e:#}", stage_inputs[i]))?;
+            }
+            let typed = model.into_optimized().map_err(|e| format!("cannot optimize the body: {e:#}"))?;
+            let mut gives = Vec::new();
+            for (i, o) in outputs.iter().enumerate() {
+                let slot = *slot_of.entry(o.name.clone()).or_insert(facts.len());
+                if slot == facts.len() {
+                    facts.push(InferenceFact::default());
+                    typed_facts.push(None);
+                }
+                typed_facts[slot] = Some(typed.output_fact(i).map_err(|e| e.to_string())?.clone());
+                gives.push(slot);
+            }
+            let plan = typed.into_runnable_with_options(&options).map_err(|e| format!("cannot plan the body: {e:#}"))?;
+            stages.push(Stage { plan, takes, gives });
+        }
+        drop(onnx);
+        let outputs: Vec<usize> = wanted.iter().map(|w| slot_of[&w.name]).collect();
+        let out_fact = outputs.first().and_then(|s| typed_facts[*s].as_ref()).ok_or("the body has no output")?;
         let last = out_fact.shape.last().and_then(|d| d.to_usize().ok());
         if out_fact.shape.rank() != 3 || last != Some(dim) {
             return Err(format!("body output has shape {:?}, expected [batch, seq, {dim}]", out_fact.shape));
         }
-        let options = RunOptions {
-            executor: (threads > 1).then(|| Executor::multithread(threads)),
-            ..Default::default()
-        };
-        let plan = typed.into_runnable_with_options(&options).map_err(|e| format!("cannot plan the body: {e:#}"))?;
-        Ok(Encoder { plan, inputs, dim })
+        Ok(Encoder { stages, inputs, outputs, slots: facts.len(), dim })
     }
 
     pub fn dim(&self) -> usize {
         self.dim
     }
 
+    /// How many plans the body was loaded as.
+    pub fn stages(&self) -> usize {
+        self.stages.len()
+    }
+
     /// Per-token hidden states [batch, seq, dim], row-major.
     pub fn run(&self, b: BodyBatch) -> Result<Vec<f32>, String> {
         let (batch, seq) = (b.batch, b.seq);
-        let out = self.plan.run(self.inputs_of(b)?).map_err(|e| format!("running the body: {e:#}"))?;
+        let out = self.run_stages(b, |plan, inputs| plan.run(inputs))?;
         self.hidden_states(out, batch, seq)
     }
 
     /// Every output of one run, flattened row-major: the hidden states, then the values
     /// [`Encoder::from_proto`] was asked for.
     pub fn run_outputs(&self, b: BodyBatch) -> Result<Vec<Vec<f32>>, String> {
-        let out = self.plan.run(self.inputs_of(b)?).map_err(|e| format!("running the body: {e:#}"))?;
+        let out = self.run_stages(b, |plan, inputs| plan.run(inputs))?;
         out.iter().map(|t| t.to_plain_array_view::<f32>().map(|v| v.iter().copied().collect()).map_err(|e| e.to_string())).collect()
     }
 
-    /// Run `b` once, timing every node of the plan: milliseconds per op name, summed over
+    /// Run `b` once, timing every node of the plans: milliseconds per op name, summed over
     /// the nodes of that op, slowest first (what `footprint --profile` prints).
     pub fn profile(&self, b: BodyBatch) -> Result<Vec<(String, f64)>, String> {
-        let mut state = self.plan.spawn().map_err(|e| e.to_string())?;
-        let mut ms: std::collections::HashMap<String, f64> = Default::default();
-        state
-            .run_plan_with_eval(self.inputs_of(b)?, |ctx, op_state, node, input| {
+        let ms = std::cell::RefCell::new(HashMap::<String, f64>::new());
+        self.run_stages(b, |plan, inputs| {
+            plan.spawn()?.run_plan_with_eval(inputs, |ctx, op_state, node, input| {
                 let t = std::time::Instant::now();
                 let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
-                *ms.entry(node.op().name().to_string()).or_default() += t.elapsed().as_secs_f64() * 1e3;
+                *ms.borrow_mut().entry(node.op().name().to_string()).or_default() += t.elapsed().as_secs_f64() * 1e3;
                 r
             })
-            .map_err(|e| format!("running the body: {e:#}"))?;
-        let mut ms: Vec<(String, f64)> = ms.into_iter().collect();
+        })?;
+        let mut ms: Vec<(String, f64)> = ms.into_inner().into_iter().collect();
         ms.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(ms)
+    }
+
+    /// Run the stages in order with `run`, each on its slots' values; the body's outputs.
+    fn run_stages(&self, b: BodyBatch, mut run: impl FnMut(&Arc<TypedRunnableModel>, TVec<TValue>) -> TractResult<TVec<TValue>>) -> Result<TVec<TValue>, String> {
+        let mut slots: Vec<Option<TValue>> = vec![None; self.slots];
+        for (slot, v) in self.inputs_of(b)?.into_iter().enumerate() {
+            slots[slot] = Some(v);
+        }
+        for stage in &self.stages {
+            // a value's last reader takes it, so activations are freed as soon as possible
+            let inputs = stage.takes.iter().map(|&(s, last)| if last { slots[s].take() } else { slots[s].clone() }).collect::<Option<TVec<TValue>>>().ok_or("a stage's input was not computed")?;
+            let out = run(&stage.plan, inputs).map_err(|e| format!("running the body: {e:#}"))?;
+            for (&slot, v) in stage.gives.iter().zip(out) {
+                slots[slot] = Some(v);
+            }
+        }
+        self.outputs.iter().map(|&s| slots[s].clone()).collect::<Option<TVec<TValue>>>().ok_or_else(|| "the body's output was not computed".into())
     }
 
     fn inputs_of(&self, mut b: BodyBatch) -> Result<TVec<TValue>, String> {
@@ -214,6 +340,142 @@ impl Encoder {
         }
         Ok(view.iter().copied().collect())
     }
+}
+
+/// Ops whose outputs are activations: a value made by one may cross from one stage to the
+/// next, as may the body's inputs and what [`RESHAPING_OPS`] make of either. Anything else
+/// (shapes, indices, constants) stays inside its stage, where tract can still fold it.
+const ACTIVATION_OPS: [&str; 15] =
+    ["Add", "Sub", "Mul", "Div", "MatMul", "MatMulNBits", "Gemm", "LayerNormalization", "Softmax", "Erf", "Tanh", "Relu", "Sigmoid", "Transpose", "Where"];
+/// Ops whose output is an activation when their first input is one.
+const RESHAPING_OPS: [&str; 6] = ["Unsqueeze", "Squeeze", "Reshape", "Cast", "Expand", "Identity"];
+
+/// Cut the nodes of `graph` (ONNX orders them topologically) into at most `max_stages`
+/// ranges holding about equal bytes of initializers, each cut where the values crossing
+/// it are few and all activations (in a BERT body: between layers, the hidden states and
+/// the attention mask). A graph with no such cut stays whole. Also checks that every value
+/// read is defined before, and that the `wanted` outputs exist.
+fn partition(graph: &GraphProto, initializers: &HashMap<String, usize>, wanted: &[ValueInfoProto], max_stages: usize) -> Result<Vec<std::ops::Range<usize>>, String> {
+    let n = graph.node.len();
+    let inputs: std::collections::HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+    // the node defining each value, the last node reading it, and the bytes of the
+    // initializers each node is the first to read
+    let mut def: HashMap<&str, usize> = HashMap::new();
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    let mut bytes = vec![0u64; n];
+    let mut counted = std::collections::HashSet::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        for v in node.input.iter().filter(|v| !v.is_empty()) {
+            if let Some(&t) = initializers.get(v) {
+                if counted.insert(t) {
+                    bytes[i] += tensor_bytes(&graph.initializer[t]);
+                }
+            } else if !def.contains_key(v.as_str()) && !inputs.contains(v.as_str()) {
+                return Err(format!("not a loadable ONNX body: value '{v}' is used before it is defined"));
+            } else {
+                last.insert(v, i);
+            }
+        }
+        for o in &node.output {
+            def.insert(o, i);
+        }
+    }
+    // the values that are activations
+    let mut data: std::collections::HashSet<&str> = inputs.iter().copied().filter(|i| !initializers.contains_key(*i)).collect();
+    for node in &graph.node {
+        let op = node.op_type.as_str();
+        if ACTIVATION_OPS.contains(&op) || (RESHAPING_OPS.contains(&op) && node.input.first().is_some_and(|i| data.contains(i.as_str()))) {
+            data.extend(node.output.iter().map(String::as_str));
+        }
+    }
+    for w in wanted {
+        if !def.contains_key(w.name.as_str()) && !inputs.contains(w.name.as_str()) {
+            return Err(format!("the body has no value named '{}'", w.name));
+        }
+        last.insert(&w.name, n);
+    }
+    let total: u64 = bytes.iter().sum();
+    if max_stages <= 1 || n < 2 || total == 0 {
+        return Ok(vec![0..n]);
+    }
+    // for a cut after node i: how many values cross it, or None if one is not an activation
+    let crossing = |i: usize| -> Option<usize> {
+        let mut count = 0;
+        for (v, &l) in &last {
+            let start = match def.get(v) {
+                Some(&d) => d,
+                None if inputs.contains(v) => 0,
+                None => continue,
+            };
+            if start <= i && i < l {
+                if !data.contains(v) {
+                    return None;
+                }
+                count += 1;
+            }
+        }
+        Some(count)
+    };
+    let crossings: Vec<Option<usize>> = (0..n - 1).map(crossing).collect();
+    let mut cum = 0u64;
+    let cums: Vec<u64> = bytes.iter().map(|b| { cum += b; cum }).collect();
+    let (mut cuts, half) = (Vec::new(), total / (2 * max_stages as u64));
+    for k in 1..max_stages as u64 {
+        let ideal = total * k / max_stages as u64;
+        let after = cuts.last().map_or(0, |c| c + 1);
+        let best = (after..n - 1)
+            .filter(|&i| cums[i].abs_diff(ideal) <= half)
+            .filter_map(|i| crossings[i].map(|c| (c, cums[i].abs_diff(ideal), i)))
+            .min();
+        if let Some((_, _, i)) = best {
+            cuts.push(i);
+        }
+    }
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for c in cuts {
+        ranges.push(start..c + 1);
+        start = c + 1;
+    }
+    ranges.push(start..n);
+    Ok(ranges)
+}
+
+/// Bytes of an initializer's data, inline or external.
+fn tensor_bytes(t: &TensorProto) -> u64 {
+    let external = t.external_data.iter().find(|e| e.key == "length").and_then(|e| e.value.parse().ok());
+    external.unwrap_or(t.raw_data.len() as u64)
+}
+
+/// The size of axis `axis` a graph input declares, if it declares one.
+fn declared_dim(input: &ValueInfoProto, axis: usize) -> Option<usize> {
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref()?.value.as_ref() else { return None };
+    match t.shape.as_ref()?.dim.get(axis)?.value {
+        Some(DimValue::DimValue(v)) if v > 0 => usize::try_from(v).ok(),
+        _ => None,
+    }
+}
+
+/// A graph input of element type `elem` and no declared shape (a stage's facts are set
+/// from the stage before it).
+fn value_info(name: &str, elem: DataType) -> ValueInfoProto {
+    let tensor = type_proto::Tensor { elem_type: elem as i32, shape: None };
+    ValueInfoProto { name: name.into(), r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }), ..Default::default() }
+}
+
+/// The ONNX element type of a tract datum type, for the ones activations have.
+fn onnx_type(dt: DatumType) -> Option<DataType> {
+    Some(match dt {
+        DatumType::F32 => DataType::Float,
+        DatumType::F16 => DataType::Float16,
+        DatumType::F64 => DataType::Double,
+        DatumType::I64 => DataType::Int64,
+        DatumType::I32 => DataType::Int32,
+        DatumType::U8 => DataType::Uint8,
+        DatumType::I8 => DataType::Int8,
+        DatumType::Bool => DataType::Bool,
+        _ => return None,
+    })
 }
 
 /// How tract holds an int4 body's weights.

@@ -364,3 +364,33 @@ fn gptq_int4_body_beats_rounding_on_held_out_sentences() {
     assert!(gptq >= GPTQ_MIN_MEAN_COS, "GPTQ mean sentence cosine {gptq} < {GPTQ_MIN_MEAN_COS}");
     assert!(gptq - rtn >= GPTQ_MIN_GAIN, "GPTQ {gptq} gains less than {GPTQ_MIN_GAIN} over rounding {rtn}");
 }
+
+/// The runtime loads a body as a chain of plans (`encode::partition`, to bound tract's
+/// load peak); cut between layers, the chain must compute what the whole graph computes,
+/// with weights expanded and kept packed. Same ops on the same values, so within
+/// LOSSLESS_MAX_ABS (kernel tiling only).
+#[test]
+fn a_body_loaded_in_stages_computes_what_it_computes_whole() {
+    use embslim::encode::{expand_stored_weights, BodyBatch, Encoder, Int4, BODY_STAGES};
+    use prost::Message;
+    let bundle = common::head_bundle();
+    // SAFETY: test bundles are written once and never edited in place.
+    let data = std::sync::Arc::new(unsafe { embslim::mmap::Mapped::open(&bundle.join("body.onnx.data")) }.unwrap());
+    let (seq, d) = (23usize, 384usize);
+    for int4 in [Int4::Expanded, Int4::Packed] {
+        let load = |stages: usize| {
+            let mut proto = tract_onnx::pb::ModelProto::decode(&std::fs::read(bundle.join("body.onnx")).unwrap()[..]).unwrap();
+            expand_stored_weights(&mut proto, Some(data.bytes()), int4).unwrap();
+            Encoder::build(proto, Some(data.clone()), d, 1, &[], stages).unwrap()
+        };
+        let (whole, staged) = (load(1), load(BODY_STAGES));
+        assert_eq!(whole.stages(), 1);
+        assert!(staged.stages() > BODY_STAGES / 2, "{int4:?}: only {} stages", staged.stages());
+        let batch = || BodyBatch { batch: 2, seq, embeds: common::noise(2 * seq * d, 5), mask: (0..2 * seq).map(|i| (i % seq < seq - 3 * (i / seq)) as i64).collect(), type_ids: vec![0; 2 * seq] };
+        let (a, b) = (whole.run(batch()).unwrap(), staged.run(batch()).unwrap());
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        eprintln!("{int4:?}: {} stages vs whole, max abs diff {max}", staged.stages());
+        assert_eq!(a.len(), b.len());
+        assert!(max <= LOSSLESS_MAX_ABS, "{int4:?}: max abs diff {max}");
+    }
+}
