@@ -132,7 +132,9 @@ def main():
             r = json.loads(out.stdout)
             r["lat"] = {int(k): v for k, v in r["lat"].items()}
             # onnxruntime needs the table too: count the model file plus the f32 table
-            r["bytes"] = os.path.getsize(model) + os.path.getsize(table)
+            # (our lossless body keeps its weights beside it, as ONNX external data)
+            data = model + ".data"
+            r["bytes"] = os.path.getsize(model) + (os.path.getsize(data) if os.path.exists(data) else 0) + os.path.getsize(table)
             rows.append((name, threads, r))
         for w, p in paths.items():
             rows.append((f"embslim default table + {w} body", threads, ours(a.bin, p, threads, a.runs, texts)))
