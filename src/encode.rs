@@ -482,13 +482,13 @@ fn onnx_type(dt: DatumType) -> Option<DataType> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Int4 {
     /// Expanded to f32 before tract reads the graph: tract's f32 kernels, the fastest here
-    /// (x86 AVX2), at f32 weight memory (all-MiniLM-L6-v2: 55 MB heap after load).
+    /// (x86 AVX2), at f32 weight memory (all-MiniLM-L6-v2: 46 MB heap after load).
     #[default]
     Expanded,
     /// Kept 4-bit: each MatMul becomes ONNX Runtime's `MatMulNBits` (4 bits, blocks of 32,
     /// a zero point per block: exactly our stored layout), which tract 0.23 holds as a Q4_0
     /// block-quant constant, dequantized inside its matmul kernels, plus a small correction
-    /// for zero points other than 8 (all-MiniLM-L6-v2: 15 MB heap after load; about 2.5
+    /// for zero points other than 8 (all-MiniLM-L6-v2: 11 MB heap after load; about 2.5
     /// times the latency on x86 AVX2, where only a one-column Q4_0 kernel exists).
     Packed,
 }

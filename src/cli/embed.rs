@@ -31,7 +31,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Keep an int4 body's weights packed (4-bit) in memory and run tract's block-quant
-    /// kernels: a third of the heap, about 2.5 times the latency on x86 AVX2 (see README).
+    /// kernels: a quarter of the heap, about 2.5 times the latency on x86 AVX2 (see README).
     #[arg(long)]
     pub packed: bool,
 }
