@@ -162,7 +162,7 @@ impl Bundle {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+        let enc: Vec<_> = texts.iter().map(|t| self.tokenizer.encode(t)).collect();
         self.embed_encoded(&enc)
     }
 

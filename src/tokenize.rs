@@ -121,7 +121,7 @@ impl Tokenizer {
     /// Encode `text` with special tokens: `[CLS]`, the text's tokens (the first
     /// `max_len - 2` of them), `[SEP]`. Tokenizing stops once the kept tokens are known, so
     /// a long text costs time in proportion to what is kept, not to its length.
-    pub fn encode(&self, text: &str) -> Result<Encoded> {
+    pub fn encode(&self, text: &str) -> Encoded {
         let keep = self.max_len.map(|m| m.saturating_sub(2));
         let mut ids = vec![self.cls];
         let mut truncated = false;
@@ -136,7 +136,7 @@ impl Tokenizer {
         self.tokens(text, &mut emit);
         ids.push(self.sep);
         let type_ids = vec![0; ids.len()];
-        Ok(Encoded { ids, type_ids, truncated })
+        Encoded { ids, type_ids, truncated }
     }
 
     /// Feed the ids of `text` (no special tokens around it) to `emit` until it returns false.

@@ -46,7 +46,7 @@ pub fn hessians(
     let step = (corpus.docs.len() / docs.max(1)).max(1);
     let chosen: Vec<&str> = corpus.docs.iter().step_by(step).take(docs).map(|doc| doc.text.as_str()).collect();
     for (n, text) in chosen.iter().enumerate() {
-        let ids = tok.encode(text)?.ids;
+        let ids = tok.encode(text).ids;
         let mut embeds = vec![0f32; ids.len() * d];
         for (row, &id) in embeds.chunks_exact_mut(d).zip(&ids) {
             src.read_rows(id as usize, row);

@@ -243,7 +243,7 @@ fn compress_factors(
     corpus: Option<(&corpus::Corpus, &Tokenizer)>,
     progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<TableOut> {
-    let freq = corpus.map(|(c, tok)| train::token_frequencies(tok, c, src.vocab)).transpose()?;
+    let freq = corpus.map(|(c, tok)| train::token_frequencies(tok, c, src.vocab));
     let c = train::compress(src, &opts.table, freq.as_deref(), progress)?;
     let row_of_token = c.order.as_deref().map(train::row_of_token);
     let view = Factors { header: c.header.clone(), table: c.table.view(), row_of_token: row_of_token.as_deref() };

@@ -168,17 +168,17 @@ fn norm(x: &[f32]) -> f64 {
 
 /// How often each token id occurs when `corpus` is tokenized (special tokens included,
 /// no truncation): what real text actually uses.
-pub fn token_frequencies(tok: &Tokenizer, corpus: &Corpus, vocab: usize) -> Result<Vec<u64>> {
-    let per_doc: Vec<Result<Vec<u32>>> = corpus.docs.par_iter().map(|d| tok.encode(&d.text).map(|e| e.ids)).collect();
+pub fn token_frequencies(tok: &Tokenizer, corpus: &Corpus, vocab: usize) -> Vec<u64> {
+    let per_doc: Vec<Vec<u32>> = corpus.docs.par_iter().map(|d| tok.encode(&d.text).ids).collect();
     let mut counts = vec![0u64; vocab];
     for ids in per_doc {
-        for id in ids? {
+        for id in ids {
             if let Some(c) = counts.get_mut(id as usize) {
                 *c += 1;
             }
         }
     }
-    Ok(counts)
+    counts
 }
 
 /// Progress events of a compression run.
