@@ -5,19 +5,8 @@
 //! `cargo bench --bench tokenize --profile dev` (the test profile: dependencies at
 //! opt-level 3, no second release build of tract), after `bash models/fetch.sh`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
-
-fn docs(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).expect("models/bbc-news: run bash models/fetch.sh") {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            docs(&p, out);
-        } else if p.extension().is_some_and(|x| x == "txt") {
-            out.push(p);
-        }
-    }
-}
 
 /// Best of 5 passes over `texts`, in documents per second.
 fn rate(texts: &[String], mut encode: impl FnMut(&str) -> usize) -> f64 {
@@ -34,10 +23,8 @@ fn rate(texts: &[String], mut encode: impl FnMut(&str) -> usize) -> f64 {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut paths = Vec::new();
-    docs(&root.join("models/bbc-news"), &mut paths);
-    paths.sort();
-    let texts: Vec<String> = paths.iter().map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned()).collect();
+    let corpus = embslim::corpus::load(&root.join("models/bbc-news")).expect("models/bbc-news: run bash models/fetch.sh");
+    let texts: Vec<String> = corpus.docs.into_iter().map(|d| d.text).collect();
     let json = root.join("models/all-MiniLM-L6-v2/tokenizer.json");
     println!("| input ({} BBC documents) | embslim docs/s | tokenizers docs/s | embslim / tokenizers |", texts.len());
     println!("|---|---|---|---|");

@@ -311,7 +311,8 @@ pub fn parse_manifest(bytes: &[u8], path: &Path) -> Result<Manifest> {
     }
     for (name, entry) in &m.files {
         if name == MANIFEST_FILE || !BUNDLE_FILES.contains(&name.as_str()) {
-            let known = BUNDLE_FILES[..BUNDLE_FILES.len() - 1].join(", ");
+            let known: Vec<&str> = BUNDLE_FILES.into_iter().filter(|f| *f != MANIFEST_FILE).collect();
+            let known = known.join(", ");
             return Err(Error::bundle(path, format!("lists '{name}', which is not a bundle file ({known})")));
         }
         let hex = entry.sha256.len() == 64 && entry.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));

@@ -176,7 +176,6 @@ impl Encoder {
         let mut stages = Vec::new();
         let mut typed_facts: Vec<Option<TypedFact>> = vec![None; inputs.len()];
         for (k, range) in ranges.iter().enumerate() {
-            let last = k + 1 == ranges.len();
             let node: Vec<NodeProto> = graph.node[range.clone()].iter_mut().map(std::mem::take).collect();
             let produced: std::collections::HashSet<&str> = node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
             let mut stage_inputs: Vec<String> = Vec::new();
@@ -193,17 +192,15 @@ impl Encoder {
                 }
             }
             // what this stage hands on: values read by later stages, and the body's outputs
-            let outputs: Vec<ValueInfoProto> = if last {
-                wanted.iter().filter(|w| produced.contains(w.name.as_str()) || stage_inputs.contains(&w.name)).cloned().collect()
-            } else {
-                let mut out: Vec<String> = Vec::new();
-                for v in node.iter().flat_map(|n| n.output.iter()) {
-                    if last_reader.get(v).is_some_and(|r| *r > k) || wanted.iter().any(|w| &w.name == v) {
-                        out.push(v.clone());
-                    }
-                }
-                out.into_iter().map(|name| ValueInfoProto { name, ..Default::default() }).collect()
-            };
+            // it makes or reads (collected from their slots after the last stage)
+            let is_wanted = |v: &String| wanted.iter().any(|w| &w.name == v);
+            let outputs: Vec<ValueInfoProto> = node
+                .iter()
+                .flat_map(|n| n.output.iter())
+                .filter(|v| last_reader.get(*v).is_some_and(|r| *r > k) || is_wanted(v))
+                .chain(stage_inputs.iter().filter(|v| is_wanted(v)))
+                .map(|name| ValueInfoProto { name: name.clone(), ..Default::default() })
+                .collect();
             let mut input_info = Vec::new();
             let mut takes = Vec::new();
             let mut stage_facts = Vec::new();
@@ -215,7 +212,7 @@ impl Encoder {
                 };
                 let elem = fact.datum_type().and_then(onnx_type).ok_or_else(|| format!("cannot load the body in stages: value '{v}' has no ONNX type"))?;
                 input_info.push(value_info(v, elem));
-                takes.push((slot, last_reader.get(v).is_none_or(|r| *r <= k) && !wanted.iter().any(|w| &w.name == v)));
+                takes.push((slot, last_reader.get(v).is_none_or(|r| *r <= k) && !is_wanted(v)));
                 stage_facts.push(fact);
             }
             let stage_proto = ModelProto {
@@ -443,8 +440,12 @@ fn partition(graph: &GraphProto, initializers: &HashMap<String, usize>, wanted: 
 
 /// Bytes of an initializer's data, inline or external.
 fn tensor_bytes(t: &TensorProto) -> u64 {
-    let external = t.external_data.iter().find(|e| e.key == "length").and_then(|e| e.value.parse().ok());
-    external.unwrap_or(t.raw_data.len() as u64)
+    external(t, "length").and_then(|v| v.parse().ok()).unwrap_or(t.raw_data.len() as u64)
+}
+
+/// The value of an initializer's external-data entry `key`, if it has one.
+fn external<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
+    t.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
 }
 
 /// The size of axis `axis` a graph input declares, if it declares one.
@@ -642,7 +643,7 @@ fn stored_bytes<'a>(graph: &'a GraphProto, data: Option<&'a [u8]>) -> Result<Vec
                 return Ok(&t.raw_data[..]);
             }
             let bad = |why: String| format!("tensor '{}' in external data: {why}", t.name);
-            let key = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
+            let key = |k: &str| external(t, k);
             match key("location") {
                 Some(BODY_DATA_FILE) => {}
                 Some(other) => return Err(bad(format!("location '{other}' is not the bundle's {BODY_DATA_FILE}"))),
