@@ -65,7 +65,10 @@ pub struct Bundle {
 
 impl Bundle {
     pub fn open(dir: &Path, opts: &OpenOptions) -> Result<Self> {
-        crate::malloc::loading(|| Self::load(dir, opts))
+        let bundle = crate::malloc::loading(|| Self::load(dir, opts));
+        // the code only the load ran need not stay resident (src/code.rs)
+        crate::code::release();
+        bundle
     }
 
     fn load(dir: &Path, opts: &OpenOptions) -> Result<Self> {

@@ -6,6 +6,7 @@
 //! `train` feature.
 
 pub mod bundle;
+pub mod code;
 pub mod corpus;
 pub mod embed;
 pub mod encode;

@@ -45,18 +45,25 @@ def run_measured(args, stdin_path=None):
         return int(open(t.name).read().split()[-1]) * 1024, out.stdout
 
 
+def first_docs(n):
+    """A file of the first n BBC News documents, one per line (written once, in out/bench)."""
+    os.makedirs(bench_speed.OUT, exist_ok=True)
+    docs = os.path.join(bench_speed.OUT, f"bbc-first-{n}.txt")
+    if not os.path.exists(docs):
+        from glob import glob
+        with open(docs + ".tmp", "w") as f:
+            for d in sorted(glob(os.path.join(ROOT, "models/bbc-news/**/*.txt"), recursive=True))[:n]:
+                f.write(open(d, encoding="utf-8", errors="replace").read().replace("\n", " ") + "\n")
+        os.replace(docs + ".tmp", docs)
+    return docs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug/embslim"))
     ap.add_argument("--bundle", default=os.path.join(ROOT, "out/minilm-default"))
     a = ap.parse_args()
-    os.makedirs(bench_speed.OUT, exist_ok=True)
-    docs = os.path.join(bench_speed.OUT, f"bbc-first-{DOCS}.txt")
-    if not os.path.exists(docs):
-        from glob import glob
-        with open(docs, "w") as f:
-            for d in sorted(glob(os.path.join(ROOT, "models/bbc-news/**/*.txt"), recursive=True))[:DOCS]:
-                f.write(open(d, encoding="utf-8", errors="replace").read().replace("\n", " ") + "\n")
+    docs = first_docs(DOCS)
     if not os.path.exists(os.path.join(a.bundle, "head.safetensors")):
         subprocess.run([a.bin, "train-head", a.bundle, "--data", os.path.join(ROOT, "models/bbc-news"), "--max-length", "128"],
                        check=True, stdout=subprocess.DEVNULL)
