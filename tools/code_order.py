@@ -43,14 +43,16 @@ CLASSIFY = re.compile(r"6Bundle14classify_batch")
 HASHES = re.compile(r"17h[0-9a-f]{16}E$|Cs[0-9A-Za-z]+_")
 
 
-def text_symbols(binary):
-    """name -> (address, size) of the binary's code symbols."""
+def text_symbols(binary, target):
+    """name -> (address, size) of the binary's code symbols. On 32-bit ARM, bit 0 of a
+    function's symbol only marks Thumb code: cleared, as in the addresses qemu logs."""
+    thumb = ~1 if target.startswith("armv7") else ~0
     out = subprocess.run(["nm", "-S", "--defined-only", binary], check=True, capture_output=True, text=True).stdout
     syms = {}
     for line in out.splitlines():
         p = line.split()
         if len(p) == 4 and p[2] in "tTwW":
-            syms[p[3]] = (int(p[0], 16), int(p[1], 16))
+            syms[p[3]] = (int(p[0], 16) & thumb, int(p[1], 16))
     return syms
 
 
@@ -142,7 +144,7 @@ def main():
         sys.exit(f"write {host_order} first: python3 tools/code_order.py {HOST}")
     subprocess.run(["bash", os.path.join(ROOT, "cross/build.sh"), a.target], check=True)
     binary = os.path.join(os.environ.get("CROSS_TARGET_DIR", os.path.join(ROOT, "target/cross")), a.target, "release/embslim")
-    syms = text_symbols(binary)
+    syms = text_symbols(binary, a.target)
     docs = bench_memory.first_docs(a.docs)
 
     inference, load = set(), set()
