@@ -4,8 +4,8 @@
 //! tools/code_order.py), the `embslim` binary is linked with lld in that order: the
 //! functions inference runs first, then those only the load runs, then the rest. The
 //! kernel maps 64 KB of a binary around every code page fault, so functions scattered
-//! over the text kept nearly all of it resident (9 of 10.8 MB); packed together, inference
-//! touches about one MB. Unset (tests, `cargo build`), nothing changes.
+//! over the text kept nearly all of it resident (x86_64: 9.2 of 10.8 MB after 100
+//! documents; 2.8 MB in this order). Unset (tests, `cargo build`), nothing changes.
 
 use std::env;
 use std::path::PathBuf;

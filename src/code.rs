@@ -4,8 +4,9 @@
 //! mapped, so what only the load runs (the ONNX parser, tract's optimizer, hashing) would
 //! stay in the process's resident set for the whole run. After the load the code pages are
 //! dropped and inference faults back in only what it runs; cross/build.sh links the
-//! functions inference runs next to each other (build.rs, "code order"), so that is about a
-//! megabyte (measured, device build, 100 BBC documents --packed: peak RSS 25.2 -> 21.9 MB).
+//! functions inference runs next to each other (build.rs, "code order"), so that is little
+//! more than they are (measured, x86_64 device build in code order, 100 BBC documents
+//! --packed: peak RSS 22.8-24.7 MB without the release, 21.8-22.9 MB with it).
 
 /// Drop the main program's code pages from the process's resident set.
 pub fn release() {
