@@ -33,19 +33,19 @@ ensure_rust_target "$TARGET"
 cd "$ROOT"
 start=$(date +%s)
 EXTRA=()
-STRIP=()
+STRIP=""
 prefix="$(gnu_prefix_for "$TARGET")"
 if [ "$PROFILE" = release ] && [ -n "$prefix" ]; then
     # functions in the order inference runs them (build.rs; tools/code_order.py writes the
-    # list): resident code 9 -> 4 MB on x86_64 (cross/README.md, "Code order")
+    # list): resident code 9.2 -> 2.8 MB on x86_64 (cross/README.md, "Code order")
     order="$ROOT/cross/order/$TARGET.txt"
     [ -f "$order" ] && export EMBSLIM_CODE_ORDER="$order"
     # linked with symbols, stripped on the copy: tools/code_order.py reads the symbols of
     # this very build ($CARGO_TARGET_DIR/TARGET/release/embslim)
     export CARGO_PROFILE_RELEASE_STRIP=false
-    STRIP=("$prefix-objcopy" --strip-all)
     # link through cross/nocfi-link.sh: drops the unwind tables panic = "abort" never uses
     export CROSS_LINKER="$prefix-gcc" CROSS_OBJCOPY="$prefix-objcopy"
+    STRIP="$CROSS_OBJCOPY"
     EXTRA+=(--config "target.$TARGET.linker=\"$ROOT/cross/nocfi-link.sh\"")
     # non-PIE: a PIE this size carries 1.1 MB of relative relocations (.rela.dyn). Only
     # here, not in .cargo/config.toml, so the tests' build (and its CI cache) is unchanged.
@@ -64,8 +64,8 @@ cargo build --locked --bin embslim --no-default-features --profile "$PROFILE" --
 secs=$(( $(date +%s) - start ))
 
 mkdir -p "target/$TARGET/$DIR"
-if [ ${#STRIP[@]} -gt 0 ]; then
-    "${STRIP[@]}" "$CARGO_TARGET_DIR/$TARGET/$DIR/embslim" "target/$TARGET/$DIR/embslim.tmp"
+if [ -n "$STRIP" ]; then
+    "$STRIP" --strip-all "$CARGO_TARGET_DIR/$TARGET/$DIR/embslim" "target/$TARGET/$DIR/embslim.tmp"
 else
     cp "$CARGO_TARGET_DIR/$TARGET/$DIR/embslim" "target/$TARGET/$DIR/embslim.tmp"
 fi

@@ -69,33 +69,41 @@ def callgrind_phases(binary, syms, bundle, docs, packed):
             subprocess.run(["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no", f"--dump-before={marker}",
                             f"--callgrind-out-file={base}", *classify_args(binary, bundle, packed)],
                            stdin=stdin, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # base.1 is the load (dumped before the first classify_batch), the rest inference
-        dumps = sorted((f for f in os.listdir(tmp) if f.startswith("cg.out")), key=lambda f: int(f.rsplit(".", 1)[1]) if f != "cg.out" else 1 << 30)
-        names = {}
-        for f in dumps:
-            for line in open(os.path.join(tmp, f), errors="replace"):
-                m = re.match(r"c?fn=\((\d+)\) (.+)", line.rstrip("\n"))
-                if m:
-                    names.setdefault(m.group(1), m.group(2))
-        phases = []
-        for f in dumps:
-            ran, cur = set(), None
-            for line in open(os.path.join(tmp, f), errors="replace"):
-                if line.startswith("fn="):
-                    m = re.match(r"fn=\((\d+)\)", line)
-                    cur = names.get(m.group(1)) if m else line[3:].strip()
-                elif cur and (line[:1].isdigit() or line[:1] in "+-*"):
-                    ran.add(re.sub(r"'\d+$", "", cur))  # callgrind's recursion-depth suffix
-            phases.append(ran)
+        # cg.out.1 is the load (dumped before the first classify_batch); cg.out.2... and the
+        # final cg.out are inference
+        numbered = sorted((f for f in os.listdir(tmp) if f != "cg.out"), key=lambda f: int(f.rsplit(".", 1)[1]))
+        phases = dump_functions([os.path.join(tmp, f) for f in numbered + ["cg.out"]])
     return phases[0], set().union(*phases[1:])
+
+
+def dump_functions(paths):
+    """The functions with costs in each callgrind dump. callgrind names a function once,
+    "fn=(id) name" or "cfn=(id) name", possibly in an earlier dump, and by "(id)" after
+    that, so ids are resolved once every dump is read."""
+    names, phases = {}, []
+    for path in paths:
+        ran, cur = set(), None
+        for line in open(path, errors="replace"):
+            m = re.match(r"(c?)fn=(?:\((\d+)\))? ?(.*)", line.rstrip("\n"))
+            if m:
+                key = m.group(2) or m.group(3)
+                if m.group(3):
+                    names.setdefault(key, m.group(3))
+                if not m.group(1):
+                    cur = key
+            elif cur and (line[:1].isdigit() or line[:1] in "+-*"):
+                ran.add(cur)
+        phases.append(ran)
+    # without the recursion-depth suffix callgrind adds ('2)
+    return [{re.sub(r"'\d+$", "", names[k]) for k in ran if k in names} for ran in phases]
 
 
 def qemu_run_order(binary, syms, target, bundle, docs, packed):
     """Functions in the order qemu first ran them, and how many ran before classify_batch."""
     runner = subprocess.run(["bash", "-c", f'source "{ROOT}/cross/common.sh"; runner_for {target}'],
                             check=True, capture_output=True, text=True).stdout.split()
-    starts = sorted((a, n) for n, (a, s) in syms.items() if s > 0)
-    keys = [a for a, _ in starts]
+    starts = sorted((a, s, n) for n, (a, s) in syms.items() if s > 0)
+    keys = [a for a, _, _ in starts]
     order, seen, before = [], set(), None
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "in_asm.log")
@@ -108,9 +116,9 @@ def qemu_run_order(binary, syms, target, bundle, docs, packed):
                 continue
             addr = int(m.group(1), 16)
             i = bisect.bisect_right(keys, addr) - 1
-            if i < 0 or addr >= keys[i] + syms[starts[i][1]][1]:
+            if i < 0 or addr >= keys[i] + starts[i][1]:
                 continue
-            name = starts[i][1]
+            name = starts[i][2]
             if before is None and CLASSIFY.search(name):
                 before = len(order)
             if name not in seen:
@@ -119,16 +127,16 @@ def qemu_run_order(binary, syms, target, bundle, docs, packed):
     return order, len(order) if before is None else before
 
 
-def read_groups(path):
-    """The '# inference' and '# load' parts of an order file."""
-    groups, cur = {}, None
+def inference_keys(path):
+    """The names, without hashes, of an order file's '# inference' part."""
+    keys, part = set(), None
     for line in open(path):
         line = line.strip()
-        if line.startswith("# ") and line[2:] in ("inference", "load"):
-            cur = groups.setdefault(line[2:], [])
-        elif line and not line.startswith("#") and cur is not None:
-            cur.append(line)
-    return groups
+        if line.startswith("#"):
+            part = line[2:] if line in ("# inference", "# load") else part
+        elif line and part == "inference":
+            keys.add(HASHES.sub("", line))
+    return keys
 
 
 def main():
@@ -148,12 +156,12 @@ def main():
     docs = bench_memory.first_docs(a.docs)
 
     inference, load = set(), set()
+    x86 = set() if a.target == HOST else inference_keys(host_order)
     for packed in (True, False):
         if a.target == HOST:
             ld, inf = callgrind_phases(binary, syms, a.bundle, docs, packed)
         else:
             order, before = qemu_run_order(binary, syms, a.target, a.bundle, docs, packed)
-            x86 = {HASHES.sub("", n) for n in read_groups(host_order)["inference"]}
             inf = set(order[before:]) | {n for n in order[:before] if HASHES.sub("", n) in x86}
             ld = set(order) - inf
         inference |= inf
